@@ -1,0 +1,375 @@
+"""Net: builds a layer graph from a NetParameter and runs forward/backward, as Caffe's Net.
+
+Construction follows Caffe step by step: filter layers by NetState, insert Split layers,
+create each layer from the registry, connect blobs (in-place tops reuse the bottom blob),
+set the layers up, register parameters (sharing by ParamSpec name), decide which layers
+need backward, and collect the outputs (blobs nobody consumes, sorted by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ristretto_cli.blob import Blob, shape_str
+from ristretto_cli.errors import RistrettoError
+from ristretto_cli.layers import TEST, TRAIN, create_layer
+from ristretto_cli.log import logger
+from ristretto_cli.netstate import filter_net, insert_splits
+from ristretto_cli.proto import caffe_pb2
+
+SEMANTICS = ("ristretto", "caffe-cpu")
+
+
+@dataclass
+class LearnableParam:
+    """A parameter blob the solver updates, with its multipliers (owners only)."""
+    blob: Blob
+    lr_mult: float
+    decay_mult: float
+    has_lr_mult: bool
+    has_decay_mult: bool
+    display_name: str
+
+
+class Net:
+    """A network built for one phase.
+
+    ``param`` must already be upgraded (``ristretto_cli.io.read_net_param`` does that).
+    ``phase``/``level``/``stages`` complete the net's own ``state`` as Caffe's tools do.
+    ``semantics`` selects the Ristretto number-format rules ("ristretto" or "caffe-cpu").
+    ``seed`` seeds every random draw of the net (dropout, fillers, stochastic rounding, data).
+    """
+
+    def __init__(self, param: caffe_pb2.NetParameter, phase: int | None = None, *,
+                 level: int | None = None, stages=None, semantics: str = "ristretto",
+                 seed: int | None = None, verbose: bool = False):
+        if semantics not in SEMANTICS:
+            raise RistrettoError(f"unknown semantics '{semantics}' (choose {' or '.join(SEMANTICS)})")
+        self.semantics = semantics
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        say = logger.info if verbose else logger.debug
+
+        state = caffe_pb2.NetState()
+        state.CopyFrom(param.state)
+        if phase is not None:
+            state.phase = phase
+        if level is not None:
+            state.level = level
+        if stages:
+            state.stage.extend(stages)
+        self.state = state
+        self.phase = state.phase
+        self.name = param.name
+        self.force_backward = param.force_backward
+
+        filtered = insert_splits(filter_net(param, state))
+        self.layers: list = []
+        self.layer_names: list[str] = []
+        self.bottom_vecs: list[list[Blob]] = []
+        self.top_vecs: list[list[Blob]] = []
+        self.bottom_need_backward: list[list[bool]] = []
+        self.layer_need_backward: list[bool] = []
+        self.blobs: dict[str, Blob] = {}
+        self.blob_loss_weights: dict[str, float] = {}
+        self.input_names: list[str] = []
+        self.params: list[Blob] = []              # every parameter blob, per layer in order
+        self.param_owners: list[int] = []         # -1 for owners, else index into params
+        self.param_layer_indices: list[tuple[int, int]] = []
+        self.learnable_params: list[LearnableParam] = []
+        self._learnable_index: list[int] = []     # params index -> learnable index
+        self._param_names: dict[str, int] = {}
+        self._blob_need_backward: dict[str, bool] = {}
+        available: set[str] = set()
+
+        say("Initializing net '%s' (phase %s)", self.name, "TRAIN" if self.phase == TRAIN else "TEST")
+        for layer_id, lp in enumerate(filtered.layer):
+            if not lp.HasField("phase"):
+                lp.phase = self.phase
+            layer = create_layer(lp, phase=self.phase, semantics=semantics,
+                                 rng=np.random.default_rng(self._rng.integers(2**63)))
+            self.layers.append(layer)
+            self.layer_names.append(lp.name)
+            say("Creating Layer %s", lp.name)
+            need_backward = False
+            bottoms, bottom_need = [], []
+            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+                raise RistrettoError("propagate_down param must be specified either 0 or "
+                                     "bottom_size times", layer=lp.name)
+            for j, name in enumerate(lp.bottom):
+                if name not in available:
+                    raise RistrettoError(f"unknown bottom blob '{name}' (bottom index {j})", layer=lp.name)
+                available.discard(name)
+                say("%s <- %s", lp.name, name)
+                blob_nb = self._blob_need_backward[name]
+                bottom_need.append(bool(lp.propagate_down[j]) if len(lp.propagate_down) else blob_nb)
+                need_backward |= blob_nb
+                bottoms.append(self.blobs[name])
+            tops, top_names = [], []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.bottom) and name == lp.bottom[j]:
+                    say("%s -> %s (in-place)", lp.name, name)
+                    tops.append(self.blobs[name])
+                elif name in self.blobs:
+                    raise RistrettoError(f"top blob '{name}' produced by multiple sources", layer=lp.name)
+                else:
+                    say("%s -> %s", lp.name, name)
+                    blob = Blob(name=name)
+                    self.blobs[name] = blob
+                    self._blob_need_backward[name] = False
+                    tops.append(blob)
+                    if lp.type == "Input":
+                        self.input_names.append(name)
+                available.add(name)
+                top_names.append(name)
+            if layer.is_loss:
+                while len(tops) < layer.required_tops():
+                    tops.append(Blob(name="(automatic)"))
+                    top_names.append(None)
+            try:
+                layer.setup(bottoms, tops)
+            except RistrettoError as exc:
+                raise exc.located(layer=lp.name) from None
+            say("Setting up %s", lp.name)
+            for t, w in zip(tops, layer.loss_weights):
+                say("Top shape: %s", shape_str(t.shape))
+                if w:
+                    say("    with loss weight %g", w)
+            for name, w in zip(top_names, layer.loss_weights):
+                if name is not None:
+                    self.blob_loss_weights[name] = w
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_need_backward.append(bottom_need)
+
+            num_params = len(layer.blobs)
+            if len(lp.param) > num_params:
+                raise RistrettoError("too many params specified for layer", layer=lp.name)
+            layer.param_propagate_down = []
+            for p in range(num_params):
+                spec = layer.param.param[p] if p < len(layer.param.param) else caffe_pb2.ParamSpec()
+                layer.param_propagate_down.append(spec.lr_mult != 0)
+                need_backward |= spec.lr_mult != 0
+            for p in range(num_params):
+                self._append_param(layer_id, p)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for name in top_names:
+                    if name is not None:
+                        self._blob_need_backward[name] = True
+
+        self._analyse_backward(say)
+        if self.force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                for j, blob in enumerate(self.bottom_vecs[i]):
+                    self.bottom_need_backward[i][j] |= layer.allow_force_backward(j)
+                    self._blob_need_backward[blob.name] = (self._blob_need_backward.get(blob.name, False)
+                                                           or self.bottom_need_backward[i][j])
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        self.output_names = sorted(available)
+        for name in self.output_names:
+            say("This network produces output %s", name)
+        self._share_weights()
+        say("Network initialization done.")
+
+    # ------------------------------------------------------------ construction helpers
+    def _append_param(self, layer_id: int, param_id: int) -> None:
+        layer = self.layers[layer_id]
+        lp = layer.param
+        spec = lp.param[param_id] if param_id < len(lp.param) else caffe_pb2.ParamSpec()
+        name = spec.name
+        net_param_id = len(self.params)
+        self.params.append(layer.blobs[param_id])
+        self.param_layer_indices.append((layer_id, param_id))
+        if not name or name not in self._param_names:
+            self.param_owners.append(-1)
+            if name:
+                self._param_names[name] = net_param_id
+            self._learnable_index.append(len(self.learnable_params))
+            self.learnable_params.append(LearnableParam(
+                layer.blobs[param_id], spec.lr_mult, spec.decay_mult, spec.HasField("lr_mult"),
+                spec.HasField("decay_mult"), name or f"{layer.name}[{param_id}]"))
+            return
+        owner_id = self._param_names[name]
+        self.param_owners.append(owner_id)
+        owner_layer, owner_param = self.param_layer_indices[owner_id]
+        owner_blob = self.layers[owner_layer].blobs[owner_param]
+        this_blob = layer.blobs[param_id]
+        owner_name = self.layers[owner_layer].name
+        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            if owner_blob.count != this_blob.count:
+                raise RistrettoError(
+                    f"cannot share param '{name}' owned by layer '{owner_name}'; count mismatch: "
+                    f"owner shape {shape_str(owner_blob.shape)}, sharing shape {shape_str(this_blob.shape)}",
+                    layer=layer.name)
+        elif owner_blob.shape != this_blob.shape:
+            raise RistrettoError(
+                f"cannot share param '{name}' owned by layer '{owner_name}'; shape mismatch: "
+                f"owner shape {shape_str(owner_blob.shape)}, sharing shape {shape_str(this_blob.shape)}",
+                layer=layer.name)
+        learnable_id = self._learnable_index[owner_id]
+        self._learnable_index.append(learnable_id)
+        owner = self.learnable_params[learnable_id]
+        if spec.HasField("lr_mult"):
+            if owner.has_lr_mult and owner.lr_mult != spec.lr_mult:
+                raise RistrettoError(f"shared param '{name}' has mismatched lr_mult", layer=layer.name)
+            owner.has_lr_mult, owner.lr_mult = True, spec.lr_mult
+        if spec.HasField("decay_mult"):
+            if owner.has_decay_mult and owner.decay_mult != spec.decay_mult:
+                raise RistrettoError(f"shared param '{name}' has mismatched decay_mult", layer=layer.name)
+            owner.has_decay_mult, owner.decay_mult = True, spec.decay_mult
+
+    def _share_weights(self) -> None:
+        """Sharers use the owner's arrays: same data and diff memory (views if shapes differ)."""
+        for i, owner_id in enumerate(self.param_owners):
+            if owner_id < 0:
+                continue
+            layer_id, param_id = self.param_layer_indices[i]
+            owner_blob = self.params[owner_id]
+            this_blob = self.params[i]
+            if this_blob.shape == owner_blob.shape:
+                shared = owner_blob
+            else:  # PERMISSIVE sharing with equal counts: a reshaped alias
+                shared = Blob(name=this_blob.name, data=owner_blob.data.reshape(this_blob.shape))
+                shared.diff = owner_blob.diff.reshape(this_blob.shape)
+            self.layers[layer_id].blobs[param_id] = shared
+            self.params[i] = shared
+
+    def _analyse_backward(self, say) -> None:
+        under_loss: set[str] = set()
+        skip_backprop: set[str] = set()
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            contributes = False
+            skip = True
+            for t, w in zip(self.top_vecs[i], layer.loss_weights):
+                if w != 0 or t.name in under_loss:
+                    contributes = True
+                if t.name not in skip_backprop:
+                    skip = False
+                if contributes and not skip:
+                    break
+            if self.layer_need_backward[i] and skip:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_vecs[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            say("%s %s backward computation.", self.layer_names[i],
+                "needs" if self.layer_need_backward[i] else "does not need")
+            for j, b in enumerate(self.bottom_vecs[i]):
+                if contributes:
+                    under_loss.add(b.name)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip_backprop.add(b.name)
+
+    # ------------------------------------------------------------------ running
+    def forward(self, start: int = 0, end: int | None = None) -> np.float32:
+        """Run layers ``start..end`` (inclusive); returns the summed weighted loss (float32)."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = np.float32(0)
+        for i in range(start, end + 1):
+            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        return loss
+
+    def backward(self, start: int | None = None, end: int = 0) -> None:
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def forward_backward(self) -> np.float32:
+        loss = self.forward()
+        self.backward()
+        return loss
+
+    def reshape(self) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+
+    def clear_param_diffs(self) -> None:
+        for p in self.learnable_params:
+            p.blob.diff[...] = 0
+
+    # --------------------------------------------------------------- inspection
+    def layer_by_name(self, name: str):
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        return None
+
+    @property
+    def input_blobs(self) -> list[Blob]:
+        return [self.blobs[n] for n in self.input_names]
+
+    @property
+    def output_blobs(self) -> list[Blob]:
+        return [self.blobs[n] for n in self.output_names]
+
+    def reseed(self, *key: int) -> None:
+        """Give every layer a fresh generator derived from ``key`` (and its position).
+
+        The solver calls this per iteration so that a resumed run draws exactly what an
+        uninterrupted one would.
+        """
+        for i, layer in enumerate(self.layers):
+            layer.rng = np.random.default_rng([*key, i])
+
+    # ------------------------------------------------------------------ weights
+    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None) -> None:
+        """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom."""
+        from ristretto_cli.io.blobproto import blob_shape, blob_to_array, shape_equals
+        for src in source.layer:
+            target = self.layer_by_name(src.name)
+            if target is None:
+                logger.debug("Ignoring source layer %s", src.name)
+                continue
+            if len(src.blobs) != len(target.blobs):
+                raise RistrettoError(
+                    f"incompatible number of blobs: the weights file has {len(src.blobs)}, "
+                    f"the net has {len(target.blobs)}", path=path, layer=src.name)
+            for i, (bp, blob) in enumerate(zip(src.blobs, target.blobs)):
+                if not shape_equals(bp, blob.shape):
+                    raise RistrettoError(
+                        f"cannot copy param {i} weights: shape mismatch; the weights file has "
+                        f"{shape_str(blob_shape(bp))}, the net expects {shape_str(blob.shape)}",
+                        path=path, layer=src.name)
+                blob.data[...] = blob_to_array(bp).reshape(blob.shape)
+
+    def share_trained_layers_with(self, other: "Net") -> None:
+        """Use ``other``'s parameter arrays for layers of the same name (test nets share the
+        train net's weights this way)."""
+        for layer in other.layers:
+            target = self.layer_by_name(layer.name)
+            if target is None or not layer.blobs:
+                continue
+            if len(target.blobs) != len(layer.blobs):
+                raise RistrettoError("incompatible number of blobs", layer=layer.name)
+            for i, blob in enumerate(layer.blobs):
+                if target.blobs[i].shape != blob.shape:
+                    raise RistrettoError(
+                        f"cannot share param {i}: shape mismatch ({shape_str(blob.shape)} vs "
+                        f"{shape_str(target.blobs[i].shape)})", layer=layer.name)
+                target.blobs[i].data = blob.data
+
+    def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
+        """The net as a caffemodel NetParameter: every layer's parameter copy plus its blobs."""
+        from ristretto_cli.io.blobproto import array_to_blob
+        out = caffe_pb2.NetParameter(name=self.name)
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                lp.blobs.add().CopyFrom(array_to_blob(blob.data, blob.diff if write_diff else None))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Net {self.name!r} phase={'TRAIN' if self.phase == TRAIN else 'TEST'} layers={len(self.layers)}>"
+
+
+__all__ = ["Net", "LearnableParam", "SEMANTICS", "TRAIN", "TEST"]
