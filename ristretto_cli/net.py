@@ -319,6 +319,20 @@ class Net:
         for i, layer in enumerate(self.layers):
             layer.rng = np.random.default_rng([*key, i])
 
+    def state_dict(self) -> dict:
+        """Per-layer resumable state (data cursors, generators), keyed by layer name."""
+        out = {}
+        for layer in self.layers:
+            state = layer.state_dict()
+            if state is not None:
+                out[layer.name] = state
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for layer in self.layers:
+            if layer.name in state:
+                layer.load_state_dict(state[layer.name])
+
     # ------------------------------------------------------------------ weights
     def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None) -> None:
         """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom."""

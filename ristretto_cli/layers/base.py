@@ -107,6 +107,15 @@ class Layer:
         """Whether force_backward may propagate into this bottom (not into loss labels)."""
         return not (self.is_loss and bottom_index == 1)
 
+    # ----------------------------------------------------------------- resumable state
+    def state_dict(self) -> dict | None:
+        """JSON-serialisable state beyond the parameter blobs that an exact resume needs
+        (a data cursor, a generator's state); None when the layer has none."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
     # ----------------------------------------------------------------- helpers
     def error(self, message: str) -> RistrettoError:
         return RistrettoError(message, layer=self.name)
