@@ -51,9 +51,9 @@ def setup(spec, bottoms, *, num_tops: int | None = None, in_place: bool = False,
         top_blobs = list(bottom_blobs)
     else:
         n = num_tops if num_tops is not None else max(len(layer.param.top), 1)
-        top_blobs = [Blob(name=f"top{i}") for i in range(n)]
+        top_blobs = [Blob(name=f"top{i}", data=np.zeros((), dtype or np.float32)) for i in range(n)]
     if layer.is_loss and len(top_blobs) < layer.required_tops():
-        top_blobs.append(Blob(name="(automatic)"))
+        top_blobs.append(Blob(name="(automatic)", data=np.zeros((), dtype or np.float32)))
     layer.setup(bottom_blobs, top_blobs)
     if dtype is not None:
         for blob in layer.blobs:

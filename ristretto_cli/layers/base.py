@@ -65,6 +65,12 @@ class Layer:
 
     # ----------------------------------------------------------------- life cycle
     def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        try:
+            self._setup(bottom, top)
+        except RistrettoError as exc:
+            raise exc.located(layer=self.name) from None
+
+    def _setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.check_blob_counts(bottom, top)
         if not self.inplace_allowed:
             for b, t in zip(bottom, top):
@@ -84,8 +90,11 @@ class Layer:
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> np.float32:
         """Reshape, compute, and return this layer's weighted loss (float32, as Caffe sums it)."""
-        self.reshape(bottom, top)
-        self.forward_cpu(bottom, top)
+        try:
+            self.reshape(bottom, top)
+            self.forward_cpu(bottom, top)
+        except RistrettoError as exc:
+            raise exc.located(layer=self.name) from None
         loss = np.float32(0)
         for t, w in zip(top, self.loss_weights):
             if w != 0:
@@ -98,7 +107,10 @@ class Layer:
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         if not self.has_backward:
             raise self.error(f"{self.type} layer has no backward pass, but the net needs one")
-        self.backward_cpu(top, propagate_down, bottom)
+        try:
+            self.backward_cpu(top, propagate_down, bottom)
+        except RistrettoError as exc:
+            raise exc.located(layer=self.name) from None
 
     def backward_cpu(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         raise self.error(f"{self.type} layer has no backward pass, but the net needs one")

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ristretto_cli.blob import canonical_axis, count
+from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.registry import register
+
+
+def layer_axis(layer: Layer, axis: int, num_axes: int, what: str = "axis") -> int:
+    """Caffe's CanonicalAxisIndex, with the error naming the layer (reshape runs outside setup)."""
+    if not -num_axes <= axis < num_axes:
+        raise layer.error(f"{what} {axis} out of range for a {num_axes}-D bottom")
+    return axis + num_axes if axis < 0 else axis
+
+
+def write_top(bottom: Blob, top: Blob, value: np.ndarray) -> None:
+    """Store a computed result: in place it goes *into* the bottom's array, which other blobs
+    (Split tops, Flatten views) may alias; otherwise the top takes the new array."""
+    if top is bottom:
+        bottom.data[...] = value
+    else:
+        top.data = value
 
 
 @register("Split")
@@ -15,6 +31,11 @@ class SplitLayer(Layer):
     exact_bottoms = 1
     min_tops = 1
     inplace_allowed = False
+
+    def layer_setup(self, bottom, top):
+        # Caffe forbids any top being the bottom, not only top 0.
+        if any(t is bottom[0] for t in top):
+            raise self.error("Split layer does not allow in-place computation")
 
     def reshape(self, bottom, top):
         for t in top:
@@ -46,8 +67,10 @@ class FlattenLayer(Layer):
     def reshape(self, bottom, top):
         p = self.param.flatten_param
         shape = bottom[0].shape
-        start = canonical_axis(p.axis, len(shape), "flatten axis")
-        end = canonical_axis(p.end_axis, len(shape), "flatten end_axis")
+        start = layer_axis(self, p.axis, len(shape), "flatten axis")
+        end = layer_axis(self, p.end_axis, len(shape), "flatten end_axis")
+        if end < start:
+            raise self.error(f"flatten end_axis {p.end_axis} comes before axis {p.axis}")
         new_shape = shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]
         top[0].data = bottom[0].data.reshape(new_shape)
 
@@ -92,7 +115,8 @@ class ReshapeLayer(Layer):
         for i, d in enumerate(self._dims):
             if d == 0:
                 if start + i >= n:
-                    raise self.error(f"reshape dimension {i} copies bottom axis {start + i}, which does not exist")
+                    raise self.error(f"reshape dimension {i} copies bottom axis {start + i}, "
+                                     "which does not exist")
                 dims.append(in_shape[start + i])
             else:
                 dims.append(d)
@@ -135,3 +159,208 @@ class SilenceLayer(Layer):
         for b, down in zip(bottom, propagate_down):
             if down:
                 b.diff = np.zeros_like(b.data)
+
+
+def _legacy_or_axis(layer: Layer, param, legacy: str, ndim: int) -> int:
+    """The axis of Concat/Slice: ``axis`` or the legacy unsigned ``concat_dim``/``slice_dim``."""
+    if param.HasField(legacy):
+        dim = getattr(param, legacy)
+        # The legacy field is unsigned: it never counts from the end.
+        if dim >= ndim:
+            raise layer.error(f"{legacy} {dim} out of range for a {ndim}-D bottom")
+        return dim
+    return layer_axis(layer, param.axis, ndim, f"{layer.type.lower()} axis")
+
+
+@register("Concat")
+class ConcatLayer(Layer):
+    """Joins the bottoms along one axis; with a single bottom the top aliases it."""
+    min_bottoms = 1
+    exact_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.concat_param
+        if p.HasField("axis") and p.HasField("concat_dim"):
+            raise self.error("either axis or concat_dim should be specified; not both")
+        if len(bottom) > 1 and top[0] is bottom[0]:
+            raise self.error("Concat layer with several bottoms cannot run in place")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        axis = _legacy_or_axis(self, self.param.concat_param, "concat_dim", len(shape))
+        top_shape = list(shape)
+        for i, b in enumerate(bottom[1:], 1):
+            if b.num_axes != len(shape):
+                raise self.error(f"all Concat inputs must have the same number of axes: bottom 0 "
+                                 f"has {len(shape)}, bottom {i} has {b.num_axes}")
+            if any(b.shape[j] != shape[j] for j in range(len(shape)) if j != axis):
+                raise self.error(f"all Concat inputs must have the same shape except at axis {axis}: "
+                                 f"bottom 0 is {shape}, bottom {i} is {b.shape}")
+            top_shape[axis] += b.shape[axis]
+        self._axis = axis
+        if len(bottom) == 1:
+            top[0].data = bottom[0].data  # Caffe shares the memory instead of copying
+        else:
+            top[0].reshape(top_shape)
+
+    def forward_cpu(self, bottom, top):
+        if len(bottom) == 1:
+            top[0].data = bottom[0].data
+            return
+        top[0].data = np.concatenate([b.data for b in bottom], axis=self._axis)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        if len(bottom) == 1:
+            if propagate_down[0]:
+                bottom[0].diff = dy
+            return
+        stops = np.cumsum([b.shape[self._axis] for b in bottom])[:-1]
+        for b, down, piece in zip(bottom, propagate_down, np.split(dy, stops, axis=self._axis)):
+            if down:
+                b.diff = piece.copy()
+
+
+@register("Slice")
+class SliceLayer(Layer):
+    """Cuts the bottom along one axis at slice_point (or into equal parts); one top aliases it."""
+    exact_bottoms = 1
+    min_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.slice_param
+        if p.HasField("axis") and p.HasField("slice_dim"):
+            raise self.error("either axis or slice_dim should be specified; not both")
+        if len(top) > 1 and top[0] is bottom[0]:
+            raise self.error("Slice layer with several tops cannot run in place")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        axis = _legacy_or_axis(self, self.param.slice_param, "slice_dim", len(shape))
+        size = shape[axis]
+        points = [int(v) for v in self.param.slice_param.slice_point]
+        if points:
+            if len(points) != len(top) - 1:
+                raise self.error(f"slice_point must be given once less than the number of tops "
+                                 f"({len(top)}), got {len(points)} values")
+            if len(top) > size:
+                raise self.error(f"cannot slice axis {axis} of size {size} into {len(top)} tops")
+            sizes, prev = [], 0
+            for pt in points:
+                if pt <= prev:
+                    raise self.error(f"slice points must be positive and strictly increasing: {points}")
+                sizes.append(pt - prev)
+                prev = pt
+            if prev > size:
+                raise self.error(f"slice point {prev} is beyond axis {axis} of size {size}")
+            sizes.append(size - prev)
+        else:
+            if size % len(top):
+                raise self.error(f"the number of tops ({len(top)}) does not evenly divide axis "
+                                 f"{axis} of size {size}")
+            sizes = [size // len(top)] * len(top)
+        self._axis = axis
+        self._stops = np.cumsum(sizes)[:-1]
+        if len(top) == 1:
+            top[0].data = bottom[0].data
+            return
+        for t, n in zip(top, sizes):
+            t.reshape(shape[:axis] + (n,) + shape[axis + 1:])
+
+    def forward_cpu(self, bottom, top):
+        if len(top) == 1:
+            top[0].data = bottom[0].data
+            return
+        for t, piece in zip(top, np.split(bottom[0].data, self._stops, axis=self._axis)):
+            t.data = piece.copy()  # a copy: later in-place layers must not touch the bottom
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if len(top) == 1:
+            bottom[0].diff = top[0].diff
+            return
+        bottom[0].diff = np.concatenate([t.diff for t in top], axis=self._axis)
+
+
+@register("Tile")
+class TileLayer(Layer):
+    """Repeats the block from ``axis`` on ``tiles`` times per outer index (np.tile along axis)."""
+    exact_bottoms = 1
+    exact_tops = 1
+    inplace_allowed = False
+
+    def reshape(self, bottom, top):
+        p = self.param.tile_param
+        shape = bottom[0].shape
+        self._axis = layer_axis(self, p.axis, len(shape), "tile axis")
+        if not p.HasField("tiles"):
+            raise self.error("tile_param.tiles must be specified")
+        if p.tiles <= 0:
+            raise self.error(f"tile_param.tiles must be positive, got {p.tiles}")
+        self._outer = count(shape, 0, self._axis)
+        self._inner = count(shape, self._axis)
+        top_shape = list(shape)
+        top_shape[self._axis] *= p.tiles
+        top[0].reshape(top_shape)
+
+    def forward_cpu(self, bottom, top):
+        tiles = self.param.tile_param.tiles
+        x = bottom[0].data.reshape(self._outer, 1, self._inner)
+        top[0].data = np.broadcast_to(x, (self._outer, tiles, self._inner)).reshape(top[0].shape)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dy = top[0].diff.reshape(self._outer, self.param.tile_param.tiles, self._inner)
+            bottom[0].diff = dy.sum(axis=1).reshape(bottom[0].shape)
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Crops bottom 0 to bottom 1's size on every axis from ``axis`` on, at the given offsets."""
+    exact_bottoms = 2
+    exact_tops = 1
+    inplace_allowed = False
+
+    def layer_setup(self, bottom, top):
+        p = self.param.crop_param
+        ndim = bottom[0].num_axes
+        start = layer_axis(self, p.axis, ndim, "crop axis")
+        if len(p.offset) > 1 and start + len(p.offset) != ndim:
+            raise self.error(f"crop_param.offset must have one value or one per axis from axis "
+                             f"{start} ({ndim - start}), got {len(p.offset)}")
+
+    def reshape(self, bottom, top):
+        p = self.param.crop_param
+        shape, ref = bottom[0].shape, bottom[1].shape
+        start = layer_axis(self, p.axis, len(shape), "crop axis")
+        if len(ref) < len(shape):
+            raise self.error(f"the crop reference (bottom 1, shape {ref}) has fewer axes than the "
+                             f"cropped blob (bottom 0, shape {shape})")
+        slices, top_shape = [], []
+        for i, n in enumerate(shape):
+            offset, size = 0, n
+            if i >= start:
+                size = ref[i]
+                if len(p.offset) == 1:
+                    offset = p.offset[0]
+                elif len(p.offset) > 1:
+                    offset = p.offset[i - start]
+                if n - offset < size:
+                    raise self.error(f"the crop for axis {i} is out of bounds: size {size} at "
+                                     f"offset {offset} in a dimension of {n}")
+            slices.append(slice(offset, offset + size))
+            top_shape.append(size)
+        self._slices = tuple(slices)
+        top[0].reshape(top_shape)
+
+    def forward_cpu(self, bottom, top):
+        top[0].data = bottom[0].data[self._slices].copy()
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        # Like Caffe, bottom 1 (the size reference) gets no gradient.
+        if propagate_down[0]:
+            dy = top[0].diff
+            dx = np.zeros(bottom[0].shape, dy.dtype)
+            dx[self._slices] = dy
+            bottom[0].diff = dx

@@ -1,0 +1,292 @@
+"""Normalisation layers: BatchNorm, MVN, and the affine Scale and Bias that follow them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ristretto_cli.blob import Blob, count
+from ristretto_cli.layers.base import TEST, Layer
+from ristretto_cli.layers.manipulation import layer_axis, write_top
+from ristretto_cli.layers.registry import register
+from ristretto_cli.proto import caffe_pb2
+
+
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Per-channel normalisation by batch statistics or by the running averages in its blobs.
+
+    Blobs: [0] running mean sum, [1] running variance sum, [2] normalisation factor; the
+    averages are blob0/blob2 and blob1/blob2. They are never learned (lr_mult 0).
+    """
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.batch_norm_param
+        self.use_global_stats = (p.use_global_stats if p.HasField("use_global_stats")
+                                 else self.phase == TEST)
+        shape = bottom[0].shape
+        if not shape:
+            raise self.error("BatchNorm needs a bottom with at least one axis")
+        self._channels = 1 if len(shape) == 1 else shape[1]
+        if not self.blobs:
+            c = self._channels
+            self.blobs = [Blob(data=np.zeros((c,), np.float32)), Blob(data=np.zeros((c,), np.float32)),
+                          Blob(data=np.zeros((1,), np.float32))]
+        # The Net decides learnability from these ParamSpecs after setup: mask the statistics.
+        for i in range(len(self.blobs)):
+            if len(self.param.param) == i:
+                self.param.param.add().lr_mult = 0.0
+            elif self.param.param[i].lr_mult != 0:
+                raise self.error("Cannot configure batch normalization statistics as layer parameters.")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        channels = 1 if len(shape) == 1 else shape[1] if shape else None
+        if channels != self._channels:
+            raise self.error(f"BatchNorm was set up for {self._channels} channels, the bottom has "
+                             f"shape {shape}")
+        if top[0] is not bottom[0]:
+            top[0].reshape(shape)
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        n, c = a.shape[0], self._channels
+        return a.reshape(n, c, count(a.shape) // (n * c) if n * c else 0)
+
+    def forward_cpu(self, bottom, top):
+        p = self.param.batch_norm_param
+        x = self._view(bottom[0].data)
+        dt = x.dtype
+        n, c, s = x.shape
+        if x.size == 0:  # nothing to normalise (Caffe would divide by a zero count)
+            self._x_norm, self._std = x.copy(), np.ones(c, dt)
+            write_top(bottom[0], top[0], bottom[0].data.copy())
+            return
+        if self.use_global_stats:
+            norm = self.blobs[2].data.reshape(-1)[0]
+            factor = dt.type(0) if norm == 0 else dt.type(1) / dt.type(norm)
+            mean = factor * self.blobs[0].data.reshape(c).astype(dt)
+            var = factor * self.blobs[1].data.reshape(c).astype(dt)
+            centred = x - mean[:, None]
+        else:
+            inv_m = dt.type(1.0 / (n * s))
+            mean = (x.sum(axis=2) * inv_m).sum(axis=0)
+            centred = x - mean[:, None]
+            var = ((centred * centred).sum(axis=2) * inv_m).sum(axis=0)
+            # Running averages, written into the blobs' arrays (the solver and test nets share them).
+            frac = self.blobs[0].data.dtype.type(p.moving_average_fraction)
+            b0, b1, b2 = (self.blobs[k].data for k in range(3))
+            b2 *= frac
+            b2 += 1
+            b0[...] = mean.reshape(b0.shape) + frac * b0
+            m = count(bottom[0].shape) // c
+            correction = dt.type(m) / dt.type(m - 1) if m > 1 else dt.type(1)
+            b1[...] = (correction * var).reshape(b1.shape) + frac * b1
+        std = np.sqrt(var + dt.type(p.eps))
+        y = centred / std[:, None]
+        # Cached for backward: a later in-place layer may overwrite the top.
+        self._x_norm = y
+        self._std = std
+        write_top(bottom[0], top[0], y.reshape(bottom[0].shape).copy())
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = self._view(top[0].diff)
+        std = self._std[:, None]
+        if self.use_global_stats:
+            dx = dy / std
+        else:
+            n, c, s = dy.shape
+            y = self._x_norm
+            sum_dy_y = (dy * y).sum(axis=2).sum(axis=0)
+            sum_dy = dy.sum(axis=2).sum(axis=0)
+            t = y * sum_dy_y[:, None] + sum_dy[:, None]
+            dx = (dy + dy.dtype.type(-1.0 / max(n * s, 1)) * t) / std
+        bottom[0].diff = dx.reshape(bottom[0].shape)
+
+
+@register("MVN")
+class MVNLayer(Layer):
+    """Mean (and variance) normalisation per (n, c) or per n (across_channels) of the 4-D view."""
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) > 4:
+            raise self.error(f"MVN works on blobs of at most 4 axes, got shape {shape}")
+        if top[0] is not bottom[0]:
+            top[0].reshape(shape)
+
+    def _rows(self, shape) -> tuple[int, int]:
+        # Caffe's legacy num()/channels(): missing axes count as 1.
+        num = shape[0] if len(shape) > 0 else 1
+        channels = shape[1] if len(shape) > 1 else 1
+        rows = num if self.param.mvn_param.across_channels else num * channels
+        return rows, (count(shape) // rows if rows else 0)
+
+    def forward_cpu(self, bottom, top):
+        p = self.param.mvn_param
+        rows, dim = self._rows(bottom[0].shape)
+        x = bottom[0].data.reshape(rows, dim)
+        dt = x.dtype
+        inv_dim = dt.type(1.0 / dim) if dim else dt.type(0)
+        y = x - (x.sum(axis=1) * inv_dim)[:, None]
+        if p.normalize_variance:
+            var = (y * y).sum(axis=1) * inv_dim
+            self._sd = np.sqrt(var) + dt.type(p.eps)  # eps is added to the standard deviation
+            y = y / self._sd[:, None]
+        write_top(bottom[0], top[0], y.reshape(bottom[0].shape))
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        rows, dim = self._rows(bottom[0].shape)
+        dy = top[0].diff.reshape(rows, dim)
+        dt = dy.dtype
+        if self.param.mvn_param.normalize_variance:
+            # Caffe reads y back from the top, as later in-place layers left it.
+            y = top[0].data.reshape(rows, dim)
+            t = y * (y * dy).sum(axis=1)[:, None] + dy.sum(axis=1)[:, None]
+            dx = (dy + dt.type(-1.0 / max(dim, 1)) * t) / self._sd[:, None]
+        else:
+            inv_dim = dt.type(1.0 / dim) if dim else dt.type(0)
+            dx = dy - (dy.sum(axis=1) * inv_dim)[:, None]
+        bottom[0].diff = dx.reshape(bottom[0].shape)
+
+
+def _param_shape(layer: Layer, bottom: Blob, axis: int, num_axes: int, what: str) -> tuple[int, ...]:
+    """Shape of a learned factor/bias: bottom dims [axis, axis+num_axes) (-1: to the end)."""
+    start = layer_axis(layer, axis, bottom.num_axes, f"{what} axis")
+    if num_axes < -1:
+        raise layer.error(f"{what} num_axes must be non-negative, or -1 to extend to the end of bottom 0")
+    if num_axes >= 0 and bottom.num_axes < start + num_axes:
+        raise layer.error(f"the {what} blob's shape extends past bottom 0's shape {bottom.shape} "
+                          f"when applied from axis {start}")
+    return bottom.shape[start:] if num_axes == -1 else bottom.shape[start:start + num_axes]
+
+
+def _broadcast_dims(layer: Layer, bottom: Blob, operand: np.ndarray, axis: int,
+                    what: str) -> tuple[int, int, int]:
+    """(outer, dim, inner) for applying ``operand`` along bottom axes from ``axis``."""
+    shape = bottom.shape
+    # A scalar operand applies everywhere: Caffe ignores the axis then.
+    start = 0 if operand.ndim == 0 else layer_axis(layer, axis, len(shape), f"{what} axis")
+    if len(shape) < start + operand.ndim:
+        raise layer.error(f"the {what} blob's shape {operand.shape} extends past bottom 0's shape "
+                          f"{shape} when applied from axis {start}")
+    if shape[start:start + operand.ndim] != operand.shape:
+        raise layer.error(f"dimension mismatch between bottom 0 {shape} from axis {start} and the "
+                          f"{what} blob {operand.shape}")
+    return count(shape, 0, start), operand.size, count(shape, start + operand.ndim)
+
+
+def _sum_outer_inner(a: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
+    return a.reshape(dims).sum(axis=(0, 2))
+
+
+@register("Scale")
+class ScaleLayer(Layer):
+    """``y = x * s`` broadcast along axes [axis, axis+num_axes) (+ a bias when bias_term).
+
+    The factor is a learned blob (one bottom) or bottom 1. Blobs: [scale] (+ [bias]) with one
+    bottom, [bias] with two bottoms and bias_term.
+    """
+    min_bottoms = 1
+    max_bottoms = 2
+    exact_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.scale_param
+        if len(bottom) == 1 and not self.blobs:
+            shape = _param_shape(self, bottom[0], p.axis, p.num_axes, "scale")
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant",
+                                                                                      value=1.0)
+            self.add_param_blob(shape, filler)
+        self._bias_index = None
+        if p.bias_term:
+            if len(self.blobs) + len(bottom) < 3:
+                # The bias spans the factor's axes: with two bottoms, bottom 1's axes.
+                num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
+                shape = _param_shape(self, bottom[0], p.axis, num_axes, "bias")
+                self.add_param_blob(shape, p.bias_filler)
+            self._bias_index = len(self.blobs) - 1
+
+    def _factor(self, bottom) -> np.ndarray:
+        return bottom[1].data if len(bottom) > 1 else self.blobs[0].data
+
+    def reshape(self, bottom, top):
+        axis = self.param.scale_param.axis
+        self._dims = _broadcast_dims(self, bottom[0], self._factor(bottom), axis, "scale")
+        if self._bias_index is not None:
+            self._bias_dims = _broadcast_dims(self, bottom[0], self.blobs[self._bias_index].data,
+                                              axis, "bias")
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].data
+        # Backward needs the input; in place it is about to be overwritten.
+        self._x = x.copy() if top[0] is bottom[0] else x
+        outer, dim, inner = self._dims
+        y = x.reshape(self._dims) * self._factor(bottom).reshape(1, dim, 1).astype(x.dtype, copy=False)
+        if self._bias_index is not None:
+            b = self.blobs[self._bias_index].data
+            y = y.reshape(self._bias_dims) + b.reshape(1, b.size, 1).astype(x.dtype, copy=False)
+        write_top(bottom[0], top[0], y.reshape(x.shape))
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        if self._bias_index is not None and self.param_propagate_down[self._bias_index]:
+            self.blobs[self._bias_index].diff += _sum_outer_inner(dy, self._bias_dims).reshape(
+                self.blobs[self._bias_index].shape)
+        learned = len(bottom) == 1
+        if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
+            ds = _sum_outer_inner(dy * self._x, self._dims)
+            if learned:
+                self.blobs[0].diff += ds.reshape(self.blobs[0].shape)
+            else:
+                bottom[1].diff = ds.reshape(bottom[1].shape)
+        if propagate_down[0]:
+            outer, dim, inner = self._dims
+            s = self._factor(bottom).reshape(1, dim, 1).astype(dy.dtype, copy=False)
+            bottom[0].diff = (dy.reshape(self._dims) * s).reshape(bottom[0].shape)
+
+
+@register("Bias")
+class BiasLayer(Layer):
+    """``y = x + b`` broadcast along axes [axis, axis+num_axes); b learned or bottom 1."""
+    min_bottoms = 1
+    max_bottoms = 2
+    exact_tops = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.bias_param
+        if len(bottom) == 1 and not self.blobs:
+            self.add_param_blob(_param_shape(self, bottom[0], p.axis, p.num_axes, "bias"), p.filler)
+
+    def _bias(self, bottom) -> np.ndarray:
+        return bottom[1].data if len(bottom) > 1 else self.blobs[0].data
+
+    def reshape(self, bottom, top):
+        self._dims = _broadcast_dims(self, bottom[0], self._bias(bottom), self.param.bias_param.axis,
+                                     "bias")
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].data
+        b = self._bias(bottom)
+        y = x.reshape(self._dims) + b.reshape(1, b.size, 1).astype(x.dtype, copy=False)
+        write_top(bottom[0], top[0], y.reshape(x.shape))
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        if propagate_down[0] and top[0] is not bottom[0]:
+            bottom[0].diff = dy.copy()
+        learned = len(bottom) == 1
+        if learned and self.param_propagate_down[0]:
+            self.blobs[0].diff += _sum_outer_inner(dy, self._dims).reshape(self.blobs[0].shape)
+        elif not learned and propagate_down[1]:
+            bottom[1].diff = _sum_outer_inner(dy, self._dims).reshape(bottom[1].shape)
