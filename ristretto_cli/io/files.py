@@ -1,0 +1,86 @@
+"""Reading input files: clear errors for missing/unreadable files, content sniffing, and
+protobuf wire parsing with a clear error."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from google.protobuf.message import DecodeError
+
+from ristretto_cli.errors import RistrettoError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# Bytes that never occur in a text prototxt (C0 controls other than \t \n \v \f \r).
+_BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13))
+
+
+def read_bytes(path) -> bytes:
+    """The whole file; RistrettoError "No such file or directory" etc. naming the path."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            reason = "No such file or directory"
+        elif exc.errno == errno.EISDIR:
+            reason = "is a directory, not a file"
+        else:
+            reason = exc.strerror or str(exc)
+        raise RistrettoError(f"cannot read: {reason}", path=path) from None
+
+
+def is_hdf5(data: bytes) -> bool:
+    """Whether ``data`` is an HDF5 file: the signature at offset 0, 512, 1024, 2048, ...
+    (where HDF5 looks for it when a user block precedes the superblock)."""
+    if data[:8] == HDF5_SIGNATURE:
+        return True
+    offset = 512
+    while offset + 8 <= len(data):
+        if data[offset:offset + 8] == HDF5_SIGNATURE:
+            return True
+        offset *= 2
+    return False
+
+
+def hdf5_file_signature(path) -> bool:
+    """``is_hdf5`` on a file without reading all of it (False when it cannot be read)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            if f.read(8) == HDF5_SIGNATURE:
+                return True
+            offset = 512
+            while offset + 8 <= size:
+                f.seek(offset)
+                if f.read(8) == HDF5_SIGNATURE:
+                    return True
+                offset *= 2
+    except OSError:
+        return False
+    return False
+
+
+def looks_like_text(data: bytes) -> bool:
+    """No NUL or other binary control bytes: protobuf text (binary protobuf practically
+    always holds such bytes in its tags and lengths)."""
+    return data.translate(None, _BINARY_BYTES) == data
+
+
+def decode_text(data: bytes) -> str:
+    """File bytes as str: UTF-8, with stray bytes (e.g. Latin-1 in comments) kept as
+    surrogates so that only a string field holding them is an error."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def parse_binary(data: bytes, message, path, what: str):
+    """Parse protobuf wire bytes into ``message``; RistrettoError "not a valid <what>"."""
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        hint = " (it looks like a text file)" if looks_like_text(data) else ""
+        raise RistrettoError(f"not a valid {what}: truncated or corrupt protobuf data{hint}",
+                             path=path) from None
+    return message

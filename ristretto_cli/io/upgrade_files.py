@@ -1,0 +1,44 @@
+"""The ``upgrade_net_proto_text`` / ``upgrade_net_proto_binary`` tools: read a net in any
+legacy form, upgrade it, write it in the current form."""
+
+from __future__ import annotations
+
+import os
+
+from ristretto_cli.io.atomic import check_writable
+from ristretto_cli.io.caffemodel import read_binary_net, read_weights_h5, write_caffemodel
+from ristretto_cli.io.files import hdf5_file_signature, read_bytes
+from ristretto_cli.io.prototxt import read_net_param, write_net_text
+from ristretto_cli.io.upgrade import net_needs_upgrade, upgrade_net_as_needed
+from ristretto_cli.log import logger
+
+
+def upgrade_net_file(source, target, *, binary: bool) -> bool:
+    """Upgrade ``source`` into ``target`` (text prototxt, or binary when ``binary``).
+
+    The text tool reads a prototxt (or a binary net); the binary tool reads a binary
+    NetParameter/caffemodel (or HDF5 weights). Returns False when part of the legacy
+    content could not be carried over (logged; the file is still written, as Caffe does).
+    """
+    source, target = os.fspath(source), os.fspath(target)
+    check_writable(target)
+    if not binary:
+        net = read_net_param(source, upgrade=False)
+    elif hdf5_file_signature(source):
+        net = read_weights_h5(source)
+    else:
+        net = read_binary_net(read_bytes(source), source, "binary NetParameter", upgrade=False)
+    ok = True
+    if net_needs_upgrade(net):
+        ok = upgrade_net_as_needed(net, source)
+        if not ok:
+            logger.error("Encountered error(s) while upgrading prototxt; see details above.")
+    else:
+        logger.warning("File already in latest proto format: %s", source)
+    if binary:
+        write_caffemodel(target, net)
+        logger.info("Wrote upgraded NetParameter binary proto to %s", target)
+    else:
+        write_net_text(target, net)
+        logger.info("Wrote upgraded NetParameter text proto to %s", target)
+    return ok
