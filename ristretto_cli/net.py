@@ -337,16 +337,28 @@ class Net:
     def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None) -> None:
         """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom."""
         from ristretto_cli.io.blobproto import blob_shape, blob_to_array, shape_equals
+        shared = {self.param_layer_indices[i] for i, owner in enumerate(self.param_owners) if owner >= 0}
         for src in source.layer:
-            target = self.layer_by_name(src.name)
-            if target is None:
+            target_id = next((i for i, n in enumerate(self.layer_names) if n == src.name), None)
+            if target_id is None:
                 logger.debug("Ignoring source layer %s", src.name)
                 continue
-            if len(src.blobs) != len(target.blobs):
+            target = self.layers[target_id]
+
+            def is_placeholder(i):
+                # HDF5 weights omit parameters a layer shares with another (Caffe allows that).
+                missing = i >= len(src.blobs) or (not len(src.blobs[i].data) and not src.blobs[i].HasField("shape"))
+                return missing and (target_id, i) in shared
+
+            if len(src.blobs) > len(target.blobs) or (
+                    len(src.blobs) < len(target.blobs)
+                    and not all(is_placeholder(i) for i in range(len(src.blobs), len(target.blobs)))):
                 raise RistrettoError(
                     f"incompatible number of blobs: the weights file has {len(src.blobs)}, "
                     f"the net has {len(target.blobs)}", path=path, layer=src.name)
             for i, (bp, blob) in enumerate(zip(src.blobs, target.blobs)):
+                if is_placeholder(i):
+                    continue
                 if not shape_equals(bp, blob.shape):
                     raise RistrettoError(
                         f"cannot copy param {i} weights: shape mismatch; the weights file has "
