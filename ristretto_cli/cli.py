@@ -34,6 +34,146 @@ def cli():
     """
 
 
+@cli.command("upgrade_net_proto_text")
+@click.argument("source", metavar="IN")
+@click.argument("target", metavar="OUT")
+def upgrade_net_proto_text(source, target):
+    """Upgrade a net prototxt in any legacy form (V0, V1, input fields) to the current text
+    format. Exit status 1 if part of it could not be carried over."""
+    from ristretto_cli.io.upgrade_files import upgrade_net_file
+    if not upgrade_net_file(source, target, binary=False):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("upgrade_net_proto_binary")
+@click.argument("source", metavar="IN")
+@click.argument("target", metavar="OUT")
+def upgrade_net_proto_binary(source, target):
+    """Upgrade a binary net or caffemodel (or HDF5 weights) to the current binary format.
+    Exit status 1 if part of it could not be carried over."""
+    from ristretto_cli.io.upgrade_files import upgrade_net_file
+    if not upgrade_net_file(source, target, binary=True):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("train")
+@_option("solver", default="", metavar="FILE", help="solver prototxt (required)")
+@_option("weights", default="", metavar="A[,B..]",
+         help="caffemodel(s) to fine-tune from, comma-separated; later files win")
+@_option("snapshot", default="", metavar="FILE",
+         help="resume from a .solverstate / .solverstate.h5 (not with --weights)")
+@_option("sigint_effect", default="stop", metavar="EFFECT",
+         help="on SIGINT (Ctrl-C): stop (then the final snapshot), snapshot or none")
+@_option("sighup_effect", default="snapshot", metavar="EFFECT",
+         help="on SIGHUP: snapshot, stop or none")
+@_option("gpu", default="", metavar="IDS", help="accepted for compatibility; runs on the CPU")
+@_option("level", default=0, type=int, help="NetState level of the train net")
+@_option("stage", default="", metavar="S[,T..]", help="NetState stages of the train net")
+@_option("semantics", default="ristretto", type=click.Choice(["ristretto", "caffe-cpu"]),
+         help="Ristretto number-format rules")
+@_option("log", default=None, metavar="FILE", help="also write the log to FILE")
+def train(solver, weights, snapshot, sigint_effect, sighup_effect, gpu, level, stage, semantics,
+          log):
+    """Train or fine-tune a net, as `caffe train` (snapshots resume bit for bit)."""
+    from ristretto_cli import log as logging_setup
+    from ristretto_cli.io import check_writable
+    from ristretto_cli.solver import train as run_train
+    if log:
+        check_writable(log)
+        logging_setup.configure(log_file=log)
+    run_train(solver, weights=weights, snapshot=snapshot, sigint_effect=sigint_effect,
+              sighup_effect=sighup_effect, gpu=gpu, level=level, stage=stage, semantics=semantics)
+
+
+class _GflagsCommand(click.Command):
+    """A command whose boolean flags also accept gflags' ``--flag=true|false`` spelling."""
+
+    def parse_args(self, ctx, args):
+        flags = {o for p in self.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
+        out = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if eq and name in flags:
+                if value.lower() in ("true", "t", "yes", "y", "1"):
+                    out.append(name)
+                elif value.lower() not in ("false", "f", "no", "n", "0"):
+                    raise click.BadParameter(f"'{value}' is not a boolean", param_hint=name)
+                continue
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@cli.command("test")
+@_option("model", default="", metavar="FILE", help="net prototxt to score (required)")
+@_option("weights", default="", metavar="FILE", help="ONE caffemodel (or .caffemodel.h5) (required)")
+@_option("iterations", default=50, type=int, show_default=True, help="number of forward batches")
+@_option("phase", default="TEST", type=click.Choice(["TEST", "TRAIN"], case_sensitive=False),
+         show_default=True, help="phase the net is built for")
+@_option("level", default=0, type=int, help="NetState level")
+@_option("stage", default="", metavar="S[,T..]", help="NetState stages, comma-separated")
+@_option("gpu", default="", metavar="IDS", help="accepted for compatibility; runs on the CPU")
+@_option("semantics", default="ristretto", type=click.Choice(["ristretto", "caffe-cpu"]),
+         help="Ristretto number-format rules")
+@_option("log", default=None, metavar="FILE", help="also write the log to FILE")
+def test_command(model, weights, iterations, phase, level, stage, gpu, semantics, log):
+    """Score a model, as `caffe test`: per-batch outputs, then the mean loss and outputs."""
+    from ristretto_cli import log as logging_setup
+    from ristretto_cli.io import check_writable
+    from ristretto_cli.scoring import test_model
+    if log:
+        check_writable(log)
+        logging_setup.configure(log_file=log)
+    test_model(model, weights, iterations=iterations, phase=phase, level=level, stage=stage, gpu=gpu,
+               semantics=semantics)
+
+
+@cli.command("convert_mnist_data", cls=_GflagsCommand)
+@click.argument("image_file")
+@click.argument("label_file")
+@click.argument("db_path", metavar="OUTPUT_DB")
+@_option("backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"], case_sensitive=False),
+         show_default=True, help="the DB kind to write")
+def convert_mnist_data_command(image_file, label_file, db_path, backend):
+    """Convert MNIST IDX files (raw or .gz) to an LMDB/LevelDB of Datums, as Caffe's tool."""
+    from ristretto_cli.data.tools import convert_mnist_data
+    convert_mnist_data(image_file, label_file, db_path, backend)
+
+
+@cli.command("convert_imageset", cls=_GflagsCommand)
+@click.argument("root_folder", metavar="ROOTFOLDER/")
+@click.argument("list_file", metavar="LISTFILE")
+@click.argument("db_path", metavar="DB_NAME")
+@_option("gray", is_flag=True, help="treat images as grayscale ones")
+@_option("shuffle", is_flag=True, help="randomly shuffle the order of images and their labels")
+@_option("seed", default=None, type=int, help="seed of --shuffle (default: random, logged)")
+@_option("backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"], case_sensitive=False),
+         show_default=True, help="the DB kind to write")
+@_option("resize_width", default=0, type=int, help="width images are resized to")
+@_option("resize_height", default=0, type=int, help="height images are resized to")
+@_option("check_size", is_flag=True, help="check that all images have the same size")
+@_option("encoded", is_flag=True, help="store the encoded image in the Datum")
+@_option("encode_type", default="", metavar="EXT",
+         help="what to encode the image as ('png', 'jpg', ...); implies --encoded")
+def convert_imageset_command(root_folder, list_file, db_path, gray, shuffle, seed, backend, resize_width,
+                             resize_height, check_size, encoded, encode_type):
+    """Convert a set of images (list file of "path label" lines) to an LMDB/LevelDB of Datums."""
+    from ristretto_cli.data.tools import convert_imageset
+    convert_imageset(root_folder, list_file, db_path, gray=gray, shuffle=shuffle, seed=seed, backend=backend,
+                     resize_width=resize_width, resize_height=resize_height, check_size=check_size,
+                     encoded=encoded, encode_type=encode_type)
+
+
+@cli.command("compute_image_mean", cls=_GflagsCommand)
+@click.argument("db_path", metavar="INPUT_DB")
+@click.argument("output", metavar="[OUTPUT_FILE]", required=False)
+@_option("backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"], case_sensitive=False),
+         show_default=True, help="the DB kind to read")
+def compute_image_mean_command(db_path, output, backend):
+    """Compute the mean image of a DB of Datums and write it as a .binaryproto."""
+    from ristretto_cli.data.tools import compute_image_mean
+    compute_image_mean(db_path, output, backend)
+
+
 def _normalise_argv(argv: list[str]) -> tuple[list[str], bool]:
     """Strip ``--debug``; turn gflags' ``-name[=value]`` into ``--name[=value]``."""
     debug = False
@@ -55,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from ristretto_cli import log
     log.configure()
     try:
-        cli.main(args=args, prog_name="ristretto", standalone_mode=False)
+        status = cli.main(args=args, prog_name="ristretto", standalone_mode=False)
     except RistrettoError as exc:
         if debug:
             traceback.print_exc()
@@ -74,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    return 0
+    # A command that ends with ctx.exit(n) / click.exceptions.Exit(n) reports n.
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

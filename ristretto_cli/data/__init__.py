@@ -1,0 +1,1 @@
+"""Data input: Datum DBs, the DataTransformer, prefetching, the batch cache, converters."""
