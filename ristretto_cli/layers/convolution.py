@@ -1,0 +1,323 @@
+"""Convolution and Deconvolution (Caffe's BaseConvolutionLayer family), N spatial axes.
+
+Both run batched: the column buffer of a whole batch (or of large chunks of it, see
+``im2col.COL_BUFFER_ELEMENTS``) goes through one GEMM per group. 1x1 / stride 1 / no-pad
+kernels skip im2col: the input itself is the column buffer.
+
+The weights a forward pass multiplies with come from ``forward_weights()`` and are kept for
+the backward pass's bottom gradient; Ristretto's quantized layers override that method to
+substitute trimmed copies (straight-through estimator), while parameter gradients always
+accumulate into ``self.blobs``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ristretto_cli.blob import canonical_axis, count
+from ristretto_cli.layers.base import Layer
+from ristretto_cli.layers.im2col import (
+    COL_BUFFER_ELEMENTS,
+    ConvGeometry,
+    batch_inner_for,
+    col2im,
+    conv_out_size,
+    deconv_out_size,
+    from_cols,
+    im2col,
+    scratch,
+    to_cols,
+)
+from ristretto_cli.layers.registry import register
+
+
+def _writable(blob, what: str, shape) -> np.ndarray:
+    """The blob's data or diff as a ``shape`` view that writes through (made C-contiguous)."""
+    arr = getattr(blob, what)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+        setattr(blob, what, arr)
+    return arr.reshape(shape)
+
+
+def _cols(a: np.ndarray, batch_inner: bool, slot: str) -> np.ndarray:
+    """``(n, C, *spatial)`` in column layout ``(C, columns)``; a view when no copy is needed."""
+    if a.shape[0] == 1:
+        return a.reshape(a.shape[1], -1)
+    out = scratch(slot, (a.shape[1], a.size // a.shape[1]), a.dtype)
+    return to_cols(a, batch_inner, out)
+
+
+class BaseConvolutionLayer(Layer):
+    min_bottoms = 1
+    min_tops = 1
+    equal_bottom_top = True
+    inplace_allowed = False
+    #: True for Deconvolution: the layer's bottom is the convolution's output side.
+    reverse = False
+
+    # ----------------------------------------------------------------- setup
+    def _spatial_param(self, name, values, h, w, has_hw, default, nsp) -> tuple[int, ...]:
+        if has_hw:
+            if nsp != 2:
+                raise self.error(f"{name}_h & {name}_w can only be used for 2D convolution")
+            if len(values):
+                raise self.error(f"either {name} or {name}_h/w should be specified; not both")
+            return (int(h), int(w))
+        if len(values) == 0 and default is not None:
+            return (default,) * nsp
+        if len(values) != 1 and len(values) != nsp:
+            field = "kernel_size" if name == "kernel" else name
+            raise self.error(f"{field} must be specified once, or once per spatial dimension "
+                             f"({field} specified {len(values)} times; {nsp} spatial dims)")
+        return tuple(int(values[0 if len(values) == 1 else i]) for i in range(nsp))
+
+    def layer_setup(self, bottom, top):
+        p = self.param.convolution_param
+        shape = bottom[0].shape
+        self.channel_axis = canonical_axis(p.axis, len(shape), "convolution axis")
+        nsp = len(shape) - self.channel_axis - 1
+        self.num_spatial_axes = nsp
+        self.kernel = self._spatial_param("kernel", p.kernel_size, p.kernel_h, p.kernel_w,
+                                          p.HasField("kernel_h") or p.HasField("kernel_w"), None, nsp)
+        if any(k <= 0 for k in self.kernel):
+            raise self.error("filter dimensions must be nonzero")
+        self.stride = self._spatial_param("stride", p.stride, p.stride_h, p.stride_w,
+                                          p.HasField("stride_h") or p.HasField("stride_w"), 1, nsp)
+        if any(s <= 0 for s in self.stride):
+            raise self.error("stride dimensions must be nonzero")
+        self.pad = self._spatial_param("pad", p.pad, p.pad_h, p.pad_w,
+                                       p.HasField("pad_h") or p.HasField("pad_w"), 0, nsp)
+        self.dilation = self._spatial_param("dilation", p.dilation, 0, 0, False, 1, nsp)
+        self.channels = int(shape[self.channel_axis])
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise self.error("num_output must be > 0")
+        self.group = int(p.group)
+        if self.group <= 0:
+            raise self.error("group must be > 0")
+        if self.channels % self.group:
+            raise self.error(f"number of input channels ({self.channels}) must be a multiple "
+                             f"of group ({self.group})")
+        if self.num_output % self.group:
+            raise self.error(f"number of outputs ({self.num_output}) should be a multiple of "
+                             f"group ({self.group})")
+        self.bias_term = p.bias_term
+        if self.reverse:
+            wshape = (self.channels, self.num_output // self.group) + self.kernel
+        else:
+            wshape = (self.num_output, self.channels // self.group) + self.kernel
+        expected = [wshape] + ([(self.num_output,)] if self.bias_term else [])
+        if not self.check_param_shapes(expected):
+            self.add_param_blob(wshape, p.weight_filler)
+            if self.bias_term:
+                self.add_param_blob((self.num_output,), p.bias_filler)
+        self._used_weights = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        axis = self.channel_axis
+        if len(shape) != axis + 1 + self.num_spatial_axes:
+            raise self.error(f"bottom num_axes may not change (was "
+                             f"{axis + 1 + self.num_spatial_axes}, now {len(shape)})")
+        if shape[axis] != self.channels:
+            raise self.error(f"input size incompatible with convolution kernel: bottom has "
+                             f"{shape[axis]} channels, the layer was set up for {self.channels}")
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have the same shape: bottom[0] is "
+                                 f"{shape}, bottom[{i}] is {b.shape}")
+        self.num = count(shape, 0, axis)
+        in_sp = tuple(int(s) for s in shape[axis + 1:])
+        size = deconv_out_size if self.reverse else conv_out_size
+        out_sp = tuple(size(i, k, s, p, d) for i, k, s, p, d in
+                       zip(in_sp, self.kernel, self.stride, self.pad, self.dilation))
+        if any(o < 0 for o in out_sp):
+            raise self.error(f"kernel extent exceeds the padded input: output size {out_sp} "
+                             f"for input {in_sp}")
+        self.in_spatial, self.out_spatial = in_sp, out_sp
+        # The convolution's image side is the top for a deconvolution.
+        image, cols = (out_sp, in_sp) if self.reverse else (in_sp, out_sp)
+        self.geometry = ConvGeometry(image, cols, self.kernel, self.stride, self.pad, self.dilation)
+        top_shape = shape[:axis] + (self.num_output,) + out_sp
+        for t in top:
+            t.reshape(top_shape)
+
+    # ----------------------------------------------------------------- hooks
+    def forward_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight and bias arrays the forward GEMMs use (Ristretto substitutes trimmed
+        copies); the weights are kept for the backward pass's bottom gradient."""
+        return self.blobs[0].data, (self.blobs[1].data if self.bias_term else None)
+
+    def _chunk(self, rows: int, positions: int) -> int:
+        """Batch items per GEMM so that the work buffers (``rows`` x items*positions: the
+        column buffer, the GEMM result) stay within COL_BUFFER_ELEMENTS."""
+        return max(1, COL_BUFFER_ELEMENTS // max(1, rows * positions))
+
+    # ----------------------------------------------------------------- forward / backward
+    def forward_cpu(self, bottom, top):
+        w, b = self.forward_weights()
+        self._used_weights = w
+        c, o = self.channels, self.num_output
+        bias = None if b is None else b.reshape(o, 1)
+        for bb, tb in zip(bottom, top):
+            x = bb.data.reshape((self.num, c) + self.in_spatial)
+            y = _writable(tb, "data", (self.num, o, count(self.out_spatial)))
+            if self.num:
+                self._forward(x, w, bias, y)
+
+    @staticmethod
+    def _store(y, result, bias):
+        """``y = result (+ bias)``: the GEMM result copied into the top, bias fused in."""
+        if bias is None:
+            np.copyto(y, result)
+        else:
+            np.add(result, bias, out=y)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        w = self._used_weights if self._used_weights is not None else self.forward_weights()[0]
+        ppd = self.param_propagate_down
+        need_w = bool(ppd and ppd[0])
+        need_b = self.bias_term and len(ppd) > 1 and ppd[1]
+        c, o = self.channels, self.num_output
+        for i, (bb, tb) in enumerate(zip(bottom, top)):
+            dy = tb.diff.reshape((self.num, o) + self.out_spatial)
+            if need_b:
+                db = self.blobs[1].diff
+                db += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)), dtype=dy.dtype)
+            need_x = bool(propagate_down[i])
+            if not (need_w or need_x) or self.num == 0:
+                if need_x:
+                    bb.diff[...] = 0
+                continue
+            x = bb.data.reshape((self.num, c) + self.in_spatial)
+            dx = _writable(bb, "diff", (self.num, c) + self.in_spatial) if need_x else None
+            dw = self.blobs[0].diff if need_w else None
+            self._backward(x, dy, w, dw, dx)
+
+
+@register("Convolution")
+class ConvolutionLayer(BaseConvolutionLayer):
+    """Cross-correlation with zero padding, stride, dilation and groups (Caffe's Convolution)."""
+
+    def _forward(self, x, w, bias, y):
+        geo, g_ = self.geometry, self.group
+        c, o, p = self.channels, self.num_output, geo.col_size
+        cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
+        wg = w.reshape(g_, og, kg)
+        step = self._chunk(max(c * geo.kernel_size, o), p)
+        for n0 in range(0, self.num, step):
+            xc, yc = x[n0:n0 + step], y[n0:n0 + step]
+            n = xc.shape[0]
+            if geo.pointwise:
+                # The input is the column buffer: a batched GEMM straight into the top.
+                xc = xc.reshape(n, c, p)
+                for g in range(g_):
+                    np.matmul(wg[g], xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
+                if bias is not None:
+                    yc += bias
+                continue
+            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
+            res = scratch("gemm", (o, n * p), x.dtype)
+            for g in range(g_):
+                np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * og:(g + 1) * og])
+            self._store(yc, from_cols(res, n, (p,), bi), bias)
+
+    def _backward(self, x, dy, w, dw, dx):
+        geo, g_ = self.geometry, self.group
+        c, o, p = self.channels, self.num_output, geo.col_size
+        cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
+        wg = w.reshape(g_, og, kg)
+        dwg = dw.reshape(g_, og, kg) if dw is not None else None
+        dy = dy.reshape(self.num, o, p)
+        step = self._chunk(max(c * geo.kernel_size, o), p)
+        for n0 in range(0, self.num, step):
+            xc, dyc = x[n0:n0 + step], dy[n0:n0 + step]
+            n = xc.shape[0]
+            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            if geo.pointwise:
+                if dwg is not None:
+                    dyt = _cols(dyc, bi, "gemm")
+                    xt = _cols(xc.reshape(n, c, p), bi, "col")
+                    for g in range(g_):
+                        dwg[g] += (dyt[g * og:(g + 1) * og] @ xt[g * cg:(g + 1) * cg].T)
+                if dx is not None:
+                    dxc = dx[n0:n0 + step].reshape(n, c, p)
+                    for g in range(g_):
+                        np.matmul(wg[g].T, dyc[:, g * og:(g + 1) * og], out=dxc[:, g * cg:(g + 1) * cg])
+                continue
+            dyt = _cols(dyc, bi, "gemm")
+            col = scratch("col", (c * geo.kernel_size, n * p), x.dtype)
+            if dwg is not None:
+                im2col(xc, geo, bi, out=col)
+                for g in range(g_):
+                    dwg[g] += (dyt[g * og:(g + 1) * og] @ col[g * kg:(g + 1) * kg].T)
+            if dx is not None:
+                for g in range(g_):   # the column buffer is reused for the column gradient
+                    np.matmul(wg[g].T, dyt[g * og:(g + 1) * og], out=col[g * kg:(g + 1) * kg])
+                np.copyto(dx[n0:n0 + step], col2im(col, geo, n, c, bi))
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """Transposed convolution: forward is a convolution's input gradient (col2im of Wᵀ·x)."""
+    reverse = True
+
+    def _forward(self, x, w, bias, y):
+        geo, g_ = self.geometry, self.group
+        c, o, p = self.channels, self.num_output, geo.col_size   # p: bottom positions
+        cg, og, kg = c // g_, o // g_, (o // g_) * geo.kernel_size
+        wg = w.reshape(g_, cg, kg)
+        step = self._chunk(max(o * geo.kernel_size, c), p)
+        for n0 in range(0, self.num, step):
+            xc, yc = x[n0:n0 + step], y[n0:n0 + step]
+            n = xc.shape[0]
+            if geo.pointwise:
+                xc = xc.reshape(n, c, p)
+                for g in range(g_):
+                    np.matmul(wg[g].T, xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
+                if bias is not None:
+                    yc += bias
+                continue
+            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            xt = _cols(xc, bi, "gemm")
+            col = scratch("col", (o * geo.kernel_size, n * p), x.dtype)
+            for g in range(g_):
+                np.matmul(wg[g].T, xt[g * cg:(g + 1) * cg], out=col[g * kg:(g + 1) * kg])
+            self._store(yc.reshape((n, o) + geo.image), col2im(col, geo, n, o, bi),
+                        None if bias is None else bias.reshape((o,) + (1,) * len(geo.image)))
+
+    def _backward(self, x, dy, w, dw, dx):
+        geo, g_ = self.geometry, self.group
+        c, o, p = self.channels, self.num_output, geo.col_size
+        cg, og, kg = c // g_, o // g_, (o // g_) * geo.kernel_size
+        wg = w.reshape(g_, cg, kg)
+        dwg = dw.reshape(g_, cg, kg) if dw is not None else None
+        step = self._chunk(max(o * geo.kernel_size, c), p)
+        for n0 in range(0, self.num, step):
+            xc, dyc = x[n0:n0 + step], dy[n0:n0 + step]
+            n = xc.shape[0]
+            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            if geo.pointwise:
+                dyc = dyc.reshape(n, o, p)
+                if dwg is not None:
+                    xt = _cols(xc.reshape(n, c, p), bi, "gemm")
+                    dyt = _cols(dyc, bi, "col")
+                    for g in range(g_):
+                        dwg[g] += (xt[g * cg:(g + 1) * cg] @ dyt[g * og:(g + 1) * og].T)
+                if dx is not None:
+                    dxc = dx[n0:n0 + step].reshape(n, c, p)
+                    for g in range(g_):
+                        np.matmul(wg[g], dyc[:, g * og:(g + 1) * og], out=dxc[:, g * cg:(g + 1) * cg])
+                continue
+            col = im2col(dyc, geo, bi, out=scratch("col", (o * geo.kernel_size, n * p), x.dtype))
+            if dwg is not None:
+                xt = _cols(xc, bi, "gemm")
+                for g in range(g_):
+                    dwg[g] += (xt[g * cg:(g + 1) * cg] @ col[g * kg:(g + 1) * kg].T)
+            if dx is not None:
+                res = scratch("gemm", (c, n * p), x.dtype)
+                for g in range(g_):
+                    np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * cg:(g + 1) * cg])
+                np.copyto(dx[n0:n0 + step], from_cols(res, n, geo.cols, bi))

@@ -1,0 +1,108 @@
+"""InnerProduct (fully connected): one GEMM over the flattened trailing axes.
+
+As for convolutions, ``forward_weights()`` supplies the arrays the forward GEMM uses and the
+backward pass's bottom gradient reuses them (Ristretto's FcRistretto substitutes trimmed
+copies); parameter gradients accumulate into ``self.blobs``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ristretto_cli.blob import canonical_axis, count
+from ristretto_cli.layers.base import Layer
+from ristretto_cli.layers.registry import register
+
+
+def _contiguous(blob, what: str) -> np.ndarray:
+    """The blob's data or diff, made C-contiguous so that reshaped views write through."""
+    arr = getattr(blob, what)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+        setattr(blob, what, arr)
+    return arr
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """``y = x·Wᵀ + b`` with ``x`` viewed as ``(M, K)``, ``K = count(axis)``; ``W`` is
+    ``[N, K]``, or ``[K, N]`` with ``transpose``."""
+    exact_bottoms = 1
+    exact_tops = 1
+    inplace_allowed = False
+
+    def layer_setup(self, bottom, top):
+        p = self.param.inner_product_param
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise self.error("num_output must be > 0")
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        shape = bottom[0].shape
+        self.axis = canonical_axis(p.axis, len(shape), "inner product axis")
+        self.k = count(shape, self.axis)
+        wshape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
+        expected = [wshape] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            # Caffe does not check preloaded blobs here; we accept any blob with the right
+            # element count (old files store 4-D (1, 1, N, K) blobs) and refuse the rest.
+            if len(self.blobs) != len(expected):
+                raise self.error(f"incorrect number of parameter blobs: expected "
+                                 f"{len(expected)}, got {len(self.blobs)}")
+            for i, (blob, want) in enumerate(zip(self.blobs, expected)):
+                if blob.count != count(want):
+                    raise self.error(f"incorrect shape of parameter blob {i}: expected "
+                                     f"{want}, got {blob.shape}")
+                if blob.shape != want:
+                    blob.data = blob.data.reshape(want)
+                    blob.diff = None
+        else:
+            self.add_param_blob(wshape, p.weight_filler)
+            if self.bias_term:
+                self.add_param_blob((self.num_output,), p.bias_filler)
+        self._used_weights = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        axis = canonical_axis(self.param.inner_product_param.axis, len(shape), "inner product axis")
+        if count(shape, axis) != self.k:
+            raise self.error(f"input size incompatible with inner product parameters: the "
+                             f"layer was set up for {self.k} inputs per row, the bottom "
+                             f"{tuple(shape)} has {count(shape, axis)} from axis {axis}")
+        self.axis = axis
+        self.m = count(shape, 0, axis)
+        top[0].reshape(shape[:axis] + (self.num_output,))
+
+    def forward_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight and bias arrays the forward GEMM uses (Ristretto substitutes trimmed
+        copies); the weights are kept for the backward pass's bottom gradient."""
+        return self.blobs[0].data, (self.blobs[1].data if self.bias_term else None)
+
+    def forward_cpu(self, bottom, top):
+        w, b = self.forward_weights()
+        self._used_weights = w
+        x = bottom[0].data.reshape(self.m, self.k)
+        y = _contiguous(top[0], "data").reshape(self.m, self.num_output)
+        w = w.reshape(self.k, self.num_output) if self.transpose else w.reshape(self.num_output, self.k).T
+        np.matmul(x, w, out=y)
+        if b is not None:
+            y += b.reshape(-1)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.m, self.num_output)
+        x = bottom[0].data.reshape(self.m, self.k)
+        ppd = self.param_propagate_down
+        if ppd and ppd[0]:
+            dw = self.blobs[0].diff
+            if self.transpose:
+                dw += (x.T @ dy).reshape(dw.shape)
+            else:
+                dw += (dy.T @ x).reshape(dw.shape)
+        if self.bias_term and len(ppd) > 1 and ppd[1]:
+            db = self.blobs[1].diff
+            db += dy.sum(axis=0, dtype=dy.dtype).reshape(db.shape)
+        if propagate_down[0]:
+            w = self._used_weights if self._used_weights is not None else self.forward_weights()[0]
+            w = w.reshape(self.k, self.num_output).T if self.transpose else w.reshape(self.num_output, self.k)
+            dx = _contiguous(bottom[0], "diff").reshape(self.m, self.k)
+            np.matmul(dy, w, out=dx)

@@ -1,0 +1,744 @@
+"""Convolution, Deconvolution, InnerProduct, Pooling and LRN.
+
+Forward passes are checked against hand computations, direct-loop references written here
+(Caffe's loops transcribed, in float32 where Caffe's summation order is reproduced exactly),
+and OpenCV's independent Caffe importer; backward passes against finite differences. The
+real-Caffe single-layer references live in test_reference_layers.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import cv2
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from layer_check import TRAIN, check_forward, check_gradient, forward, layer_param, setup
+
+from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io import upgrade_net_as_needed, write_caffemodel
+from ristretto_cli.layers import convolution, im2col
+from ristretto_cli.layers.convolution import ConvolutionLayer, DeconvolutionLayer
+from ristretto_cli.layers.inner_product import InnerProductLayer
+from ristretto_cli.layers.pooling import pooled_size
+from ristretto_cli.net import TEST, Net
+from ristretto_cli.proto import caffe_pb2
+
+FLT_MAX = float(np.finfo(np.float32).max)
+FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def conv_spec(kind="Convolution", num_output=4, kernel=(3,), stride=(), pad=(), dilation=(),
+              group=1, extra=""):
+    fields = [f"num_output: {num_output}", f"group: {group}"]
+    for name, values in (("kernel_size", kernel), ("stride", stride), ("pad", pad), ("dilation", dilation)):
+        fields += [f"{name}: {v}" for v in values]
+    return f'type: "{kind}" convolution_param {{ {" ".join(fields)} {extra} {FILLERS} }}'
+
+
+def spatial(values, nsp, default):
+    values = tuple(values) or (default,)
+    return values * nsp if len(values) == 1 else values
+
+
+# ------------------------------------------------------------------ direct references
+def naive_conv(x, w, b, stride, pad, dilation, group):
+    n, c = x.shape[:2]
+    sp, o, kernel = x.shape[2:], w.shape[0], w.shape[2:]
+    out = tuple(im2col.conv_out_size(i, k, s, p, d)
+                for i, k, s, p, d in zip(sp, kernel, stride, pad, dilation))
+    y = np.zeros((n, o) + out)
+    cg, og = c // group, o // group
+    for item, oc in itertools.product(range(n), range(o)):
+        g = oc // og
+        for pos in itertools.product(*map(range, out)):
+            acc = 0.0
+            for ch, q in itertools.product(range(cg), itertools.product(*map(range, kernel))):
+                idx = tuple(p * s - pd + qq * d for p, s, pd, qq, d in zip(pos, stride, pad, q, dilation))
+                if all(0 <= i < size for i, size in zip(idx, sp)):
+                    acc += w[(oc, ch) + q] * x[(item, g * cg + ch) + idx]
+            y[(item, oc) + pos] = acc + (b[oc] if b is not None else 0.0)
+    return y
+
+
+def naive_deconv(x, w, b, stride, pad, dilation, group):
+    n, c = x.shape[:2]
+    sp, kernel = x.shape[2:], w.shape[2:]
+    og = w.shape[1]
+    o = og * group
+    out = tuple(im2col.deconv_out_size(i, k, s, p, d)
+                for i, k, s, p, d in zip(sp, kernel, stride, pad, dilation))
+    y = np.zeros((n, o) + out)
+    cg = c // group
+    for item, ch in itertools.product(range(n), range(c)):
+        g = ch // cg
+        for pos in itertools.product(*map(range, sp)):
+            for ol, q in itertools.product(range(og), itertools.product(*map(range, kernel))):
+                idx = tuple(p * s - pd + qq * d for p, s, pd, qq, d in zip(pos, stride, pad, q, dilation))
+                if all(0 <= i < size for i, size in zip(idx, out)):
+                    y[(item, g * og + ol) + idx] += w[(ch, ol) + q] * x[(item, ch) + pos]
+    if b is not None:
+        y += b.reshape((1, o) + (1,) * len(out))
+    return y
+
+
+def caffe_pool(x, pool, kernel, stride, pad, ceil_mode=True):
+    """Caffe's CPU pooling loops, scalar float32 arithmetic: (top, argmax) and a backward."""
+    n_, c_, h, w = x.shape
+    (kh, kw), (sh, sw), (ph_, pw_) = kernel, stride, pad
+    rnd = math.ceil if ceil_mode else math.floor
+    ph = int(rnd((h + 2 * ph_ - kh) / sh)) + 1
+    pw = int(rnd((w + 2 * pw_ - kw) / sw)) + 1
+    if ph_ or pw_:
+        ph -= (ph - 1) * sh >= h + ph_
+        pw -= (pw - 1) * sw >= w + pw_
+    top = np.zeros((n_, c_, ph, pw), np.float32)
+    arg = np.full((n_, c_, ph, pw), -1)
+    sizes = np.zeros((ph, pw))
+    for n, c, i, j in itertools.product(range(n_), range(c_), range(ph), range(pw)):
+        hs, ws = i * sh - ph_, j * sw - pw_
+        if pool == "MAX":
+            he, we = min(hs + kh, h), min(ws + kw, w)
+            hs, ws = max(hs, 0), max(ws, 0)
+            best, idx = np.float32(-FLT_MAX), -1
+            for y in range(hs, he):
+                for z in range(ws, we):
+                    if x[n, c, y, z] > best:
+                        best, idx = x[n, c, y, z], y * w + z
+            top[n, c, i, j], arg[n, c, i, j] = best, idx
+        else:
+            he, we = min(hs + kh, h + ph_), min(ws + kw, w + pw_)
+            size = (he - hs) * (we - ws)
+            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+            acc = np.float32(0)
+            for y in range(hs, he):
+                for z in range(ws, we):
+                    acc = np.float32(acc + x[n, c, y, z])
+            top[n, c, i, j] = acc / np.float32(size)
+            sizes[i, j] = size
+
+    def backward(dy):
+        dx = np.zeros(x.shape, np.float32)
+        for n, c, i, j in itertools.product(range(n_), range(c_), range(ph), range(pw)):
+            if pool == "MAX":
+                if arg[n, c, i, j] >= 0:
+                    y, z = divmod(int(arg[n, c, i, j]), w)
+                    dx[n, c, y, z] = np.float32(dx[n, c, y, z] + dy[n, c, i, j])
+            else:
+                hs, ws = i * sh - ph_, j * sw - pw_
+                he, we = min(hs + kh, h + ph_), min(ws + kw, w + pw_)
+                hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+                for y in range(hs, he):
+                    for z in range(ws, we):
+                        dx[n, c, y, z] = np.float32(dx[n, c, y, z] + dy[n, c, i, j] / np.float32(sizes[i, j]))
+        return dx
+
+    return top, arg, backward
+
+
+def caffe_lrn_across(x, size, alpha, beta, k):
+    """Caffe's running-window LRN forward, one (n, h, w) column at a time, float32 scalars."""
+    f = np.float32
+    n_, c_, h_, w_ = x.shape
+    pre = (size - 1) // 2
+    aos = f(alpha) / f(size)
+    y = np.zeros_like(x)
+    for n, h, w in itertools.product(range(n_), range(h_), range(w_)):
+        padded = np.zeros(c_ + size - 1, np.float32)
+        padded[pre:pre + c_] = x[n, :, h, w] * x[n, :, h, w]
+        scale = np.zeros(c_, np.float32)
+        s = f(k)
+        for c in range(size):
+            s = f(s + f(aos * padded[c]))
+        scale[0] = s
+        for c in range(1, c_):
+            s = f(s + f(aos * padded[c + size - 1]))
+            s = f(s - f(aos * padded[c - 1]))
+            scale[c] = s
+        y[n, :, h, w] = x[n, :, h, w] * (scale.astype(np.float64) ** -float(f(beta))).astype(np.float32)
+    return y
+
+
+def lrn_direct(x, size, alpha, beta, k, within):
+    x = x.astype(np.float64)
+    pre = (size - 1) // 2
+    sq = np.pad(x * x, ((0, 0), (pre, pre), (0, 0), (0, 0)) if not within else
+                ((0, 0), (0, 0), (pre, pre), (pre, pre)))
+    if within:
+        h, w = x.shape[2:]
+        s = sum(sq[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
+        return x * (1 + alpha / size ** 2 * s) ** -beta
+    c = x.shape[1]
+    s = sum(sq[:, i:i + c] for i in range(size))
+    return x * (k + alpha / size * s) ** -beta
+
+
+def blobs_text(*arrays):
+    out = []
+    for a in arrays:
+        a = np.asarray(a, np.float32)
+        dims = " ".join(f"dim: {d}" for d in a.shape)
+        data = " ".join(f"data: {v!r}" for v in a.ravel().tolist())
+        out.append(f"blobs {{ shape {{ {dims} }} {data} }}")
+    return " ".join(out)
+
+
+# ================================================================== Convolution
+CONV_CASES = [
+    # shape, num_output, kernel, stride, pad, dilation, group
+    ((2, 4, 7, 7), 4, (3,), (), (1,), (2,), 2),
+    ((2, 3, 6, 5), 6, (2, 3), (2, 1), (0, 1), (), 3),
+    ((1, 2, 5, 5), 3, (1,), (), (), (), 1),                 # pointwise, single item
+    ((3, 4, 4, 3), 2, (1,), (), (), (), 2),                 # pointwise, batch, groups
+    ((2, 2, 2, 2), 2, (3,), (2,), (), (), 1),               # window past the input (C truncation)
+    ((2, 2, 4, 3, 5), 2, (3, 2, 2), (1, 2, 1), (1, 0, 1), (1, 1, 2), 1),   # 3-D
+    ((2, 3, 9), 3, (3,), (2,), (1,), (2,), 1),              # 1-D
+]
+
+
+def _conv_forward_check(kind, case):
+    shape, o, kernel, stride, pad, dilation, group = case
+    nsp = len(shape) - 2
+    spec = conv_spec(kind, o, kernel, stride, pad, dilation, group)
+    x = rng(1).standard_normal(shape)
+    layer, bottoms, tops = setup(spec, [x], dtype=np.float64)
+    layer.forward(bottoms, tops)
+    ref = (naive_conv if kind == "Convolution" else naive_deconv)(
+        x, layer.blobs[0].data, layer.blobs[1].data, spatial(stride, nsp, 1), spatial(pad, nsp, 0),
+        spatial(dilation, nsp, 1), group)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_conv_forward_matches_direct_loops(kind, case):
+    _conv_forward_check(kind, case)
+
+
+@pytest.mark.parametrize("layout", [False, True], ids=["batch-outer", "batch-inner"])
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_conv_both_column_layouts_and_chunking(kind, layout, monkeypatch):
+    monkeypatch.setattr(convolution, "batch_inner_for", lambda *a: layout)
+    for case in CONV_CASES[:2] + CONV_CASES[3:4] + CONV_CASES[5:6]:
+        _conv_forward_check(kind, case)
+        check_gradient(conv_spec(kind, *case[1:]), [rng(2).standard_normal(case[0])])
+    # a column budget of one element forces one batch item per GEMM
+    monkeypatch.setattr(convolution, "COL_BUFFER_ELEMENTS", 1)
+    _conv_forward_check(kind, CONV_CASES[0])
+    check_gradient(conv_spec(kind, *CONV_CASES[0][1:]), [rng(2).standard_normal(CONV_CASES[0][0])])
+
+
+def test_conv_hand_computed():
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    spec = ('type: "Convolution" convolution_param { num_output: 1 kernel_size: 2 } '
+            + blobs_text([[[[1, 0], [0, -1]]]], [0.5]))
+    check_forward(spec, [x], [np.full((1, 1, 2, 2), -3.5)])   # x[i,j] - x[i+1,j+1] + 0.5
+    # stride 2, pad 1, rectangular kernel 1x2: windows [pad, x] -> x[.,0]*w1, ...
+    spec = ('type: "Convolution" convolution_param { num_output: 1 kernel_h: 1 kernel_w: 2 '
+            'pad_h: 0 pad_w: 1 stride_h: 2 stride_w: 2 bias_term: false } ' + blobs_text([[[[10, 1]]]]))
+    check_forward(spec, [x], [[[[[0, 12], [6, 78]]]]])
+
+
+def test_conv_default_fillers_and_shapes():
+    layer, _, tops = setup('type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 }',
+                           [np.ones((2, 4, 5, 5))])
+    assert [b.shape for b in layer.blobs] == [(6, 2, 3, 3), (6,)]
+    assert not layer.blobs[0].data.any() and not layer.blobs[1].data.any()   # constant 0
+    assert tops[0].shape == (2, 6, 3, 3)
+    layer, _, _ = setup('type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 3 '
+                        'group: 2 bias_term: false }', [np.ones((2, 4, 5, 5))])
+    assert [b.shape for b in layer.blobs] == [(4, 3, 3, 3)]
+
+
+def test_conv_axis_2_leading_dims_are_batch():
+    x = rng(3).standard_normal((2, 3, 4, 5, 5))
+    spec = conv_spec(kernel=(3,), pad=(1,), extra="axis: 2")
+    layer, bottoms, tops = setup(spec, [x], dtype=np.float64)
+    layer.forward(bottoms, tops)
+    assert tops[0].shape == (2, 3, 4, 5, 5)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    ref = naive_conv(x.reshape(6, 4, 5, 5), w, b, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(tops[0].data.reshape(6, 4, 5, 5), ref, rtol=1e-12, atol=1e-12)
+    check_gradient(spec, [x[:1, :2]])
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_conv_multiple_bottoms_share_weights(kind):
+    spec = conv_spec(kind, 4, (3,), (2,), (1,), (), 2)
+    a, b = rng(4).standard_normal((2, 2, 4, 5, 5))
+    layer, bottoms, tops = setup(spec, [a, b], num_tops=2, dtype=np.float64)
+    layer.forward(bottoms, tops)
+    single = forward(spec, [b], dtype=np.float64)[0]
+    np.testing.assert_allclose(tops[1].data, single, rtol=1e-12)
+    check_gradient(spec, [a, b], num_tops=2)
+
+
+GRAD_CASES = [
+    ((2, 4, 5, 5), 4, (3,), (), (1,), (), 2),               # group, pad
+    ((2, 2, 6, 6), 3, (3,), (2,), (1,), (), 1),             # stride
+    ((1, 2, 7, 6), 2, (2, 3), (1, 2), (1, 0), (2, 1), 1),   # rectangular, dilation
+    ((2, 4, 3, 3), 4, (1,), (), (), (), 2),                 # pointwise with groups
+    ((1, 2, 3, 4, 4), 2, (2,), (1, 2, 1), (1,), (), 1),     # 3-D
+]
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_conv_gradients(kind, case):
+    check_gradient(conv_spec(kind, *case[1:]), [rng(5).standard_normal(case[0])])
+
+
+def test_conv_gradient_without_bias():
+    check_gradient(conv_spec(kernel=(2,), extra="bias_term: false"), [rng(6).standard_normal((2, 3, 4, 4))])
+
+
+@pytest.mark.parametrize("spec, shape, message", [
+    ('num_output: 0 kernel_size: 3', (1, 2, 5, 5), "num_output"),
+    ('num_output: 4 kernel_size: 3 group: 2', (1, 3, 5, 5), "multiple of group"),
+    ('num_output: 3 kernel_size: 3 group: 2', (1, 4, 5, 5), "multiple of group"),
+    ('num_output: 2', (1, 2, 5, 5), "kernel_size"),
+    ('num_output: 2 kernel_size: 0', (1, 2, 5, 5), "nonzero"),
+    ('num_output: 2 kernel_size: 3 kernel_size: 3', (1, 2, 5, 5, 5), "once per spatial"),
+    ('num_output: 2 kernel_h: 3 kernel_w: 3', (1, 2, 5, 5, 5), "2D"),
+    ('num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3', (1, 2, 5, 5), "not both"),
+    ('num_output: 2 kernel_size: 3 stride: 0', (1, 2, 5, 5), "nonzero"),
+    ('num_output: 2 kernel_size: 3 stride_h: 2', (1, 2, 5, 5), "nonzero"),
+    ('num_output: 2 kernel_size: 7', (1, 2, 2, 2), "exceeds"),
+])
+def test_conv_parameter_errors(spec, shape, message):
+    with pytest.raises(RistrettoError, match=message):
+        setup(f'type: "Convolution" convolution_param {{ {spec} }}', [np.zeros(shape)])
+
+
+def test_conv_preloaded_blobs_are_shape_checked_and_used():
+    w = rng(7).standard_normal((2, 1, 2, 2)).astype(np.float32)
+    spec = 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 bias_term: false } '
+    x = rng(8).standard_normal((1, 1, 3, 3)).astype(np.float32)
+    y = forward(spec + blobs_text(w), [x])[0]
+    np.testing.assert_allclose(y, naive_conv(x, w, None, (1, 1), (0, 0), (1, 1), 1), rtol=1e-5)
+    with pytest.raises(RistrettoError, match="shape of parameter blob 0"):
+        setup(spec + blobs_text(w.reshape(2, 1, 4)), [x])
+    with pytest.raises(RistrettoError, match="number of parameter blobs"):
+        setup(spec + blobs_text(w, [1, 2]), [x])
+
+
+def test_conv_reshape_errors():
+    layer, bottoms, tops = setup(conv_spec(kernel=(3,)), [np.zeros((1, 2, 5, 5))])
+    bottoms[0].data = np.zeros((1, 3, 5, 5))
+    with pytest.raises(RistrettoError, match="incompatible"):
+        layer.forward(bottoms, tops)
+    bottoms[0].data = np.zeros((1, 2, 5))
+    with pytest.raises(RistrettoError, match="num_axes"):
+        layer.forward(bottoms, tops)
+    with pytest.raises(RistrettoError, match="same shape"):
+        setup(conv_spec(kernel=(3,)), [np.zeros((1, 2, 5, 5)), np.zeros((1, 2, 6, 5))], num_tops=2)
+    with pytest.raises(RistrettoError, match="in-place"):
+        setup(conv_spec(kernel=(1,), num_output=2), [np.zeros((1, 2, 5, 5))], in_place=True)
+
+
+def test_conv_reshapes_with_the_input():
+    layer, bottoms, tops = setup(conv_spec(kernel=(3,), stride=(2,)), [rng(9).standard_normal((1, 2, 5, 5))],
+                                 dtype=np.float64)
+    bottoms[0].data = rng(10).standard_normal((3, 2, 9, 7))
+    layer.forward(bottoms, tops)
+    ref = naive_conv(bottoms[0].data, layer.blobs[0].data, layer.blobs[1].data, (2, 2), (0, 0), (1, 1), 1)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("base", [ConvolutionLayer, DeconvolutionLayer])
+def test_forward_weights_hook_drives_forward_and_bottom_gradient(base):
+    """Quantized subclasses substitute the weights; dx uses them, dW does not depend on them."""
+
+    class Doubled(base):
+        def forward_weights(self):
+            w, b = super().forward_weights()
+            return 2 * w, b
+
+    kind = "Convolution" if base is ConvolutionLayer else "Deconvolution"
+    spec = conv_spec(kind, 2, (3,), (2,), (1,), (), 1)
+    x = rng(11).standard_normal((2, 2, 5, 5))
+    plain, pb, pt = setup(spec, [x], dtype=np.float64)
+    doubled, db_, dt = setup(spec, [x], dtype=np.float64,
+                             layer=Doubled(layer_param(spec), rng=np.random.default_rng(1701)))
+    for layer, bottoms, tops in ((plain, pb, pt), (doubled, db_, dt)):
+        layer.forward(bottoms, tops)
+        tops[0].diff = np.ones_like(tops[0].data)
+        layer.backward(tops, [True], bottoms)
+    b = plain.blobs[1].data.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(dt[0].data - b, 2 * (pt[0].data - b), rtol=1e-12)
+    np.testing.assert_allclose(db_[0].diff, 2 * pb[0].diff, rtol=1e-12)
+    np.testing.assert_allclose(doubled.blobs[0].diff, plain.blobs[0].diff, rtol=1e-12)
+
+
+def test_param_gradients_accumulate_and_respect_propagate_flags():
+    spec = conv_spec(kernel=(3,))
+    x = rng(12).standard_normal((2, 2, 5, 5))
+    layer, bottoms, tops = setup(spec, [x], dtype=np.float64)
+    layer.forward(bottoms, tops)
+    tops[0].diff = rng(13).standard_normal(tops[0].shape)
+    layer.backward(tops, [True], bottoms)
+    once = [b.diff.copy() for b in layer.blobs]
+    layer.backward(tops, [False], bottoms)
+    for b, d in zip(layer.blobs, once):
+        np.testing.assert_allclose(b.diff, 2 * d)
+    layer.param_propagate_down = [False, False]
+    bottoms[0].diff[...] = 7
+    layer.backward(tops, [True], bottoms)
+    for b, d in zip(layer.blobs, once):
+        np.testing.assert_allclose(b.diff, 2 * d)       # unchanged
+    assert not np.any(bottoms[0].diff == 7)              # overwritten
+
+
+# ================================================================== Deconvolution
+def test_deconv_hand_computed():
+    # one input pixel scatters the kernel, stride 2 spreads two pixels apart
+    x = np.array([[[[1, 2]]]], np.float32)
+    spec = ('type: "Deconvolution" convolution_param { num_output: 1 kernel_size: 2 stride: 2 } '
+            + blobs_text([[[[1, 2], [3, 4]]]], [0.5]))
+    check_forward(spec, [x], [[[[[1.5, 2.5, 2.5, 4.5], [3.5, 4.5, 6.5, 8.5]]]]])
+
+
+# ================================================================== InnerProduct
+def test_inner_product_hand_computed():
+    x = np.array([[1, 2, 3], [0, -1, 1]], np.float32)
+    w = np.array([[1, 0, 1], [2, 1, 0]], np.float32)
+    spec = 'type: "InnerProduct" inner_product_param { num_output: 2 } ' + blobs_text(w, [10, 20])
+    check_forward(spec, [x], [[[14, 24], [11, 19]]])
+    spec = ('type: "InnerProduct" inner_product_param { num_output: 2 transpose: true } '
+            + blobs_text(w.T, [10, 20]))
+    check_forward(spec, [x], [[[14, 24], [11, 19]]])
+
+
+@pytest.mark.parametrize("axis, shape, top", [(1, (2, 3, 2, 2), (2, 5)), (2, (2, 3, 4), (2, 3, 5)),
+                                              (-1, (2, 3, 4), (2, 3, 5)), (0, (3, 2), (5,))])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_axes_and_gradients(axis, shape, top, transpose):
+    spec = (f'type: "InnerProduct" inner_product_param {{ num_output: 5 axis: {axis} '
+            f'transpose: {str(transpose).lower()} {FILLERS} }}')
+    x = rng(14).standard_normal(shape)
+    layer, bottoms, tops = setup(spec, [x], dtype=np.float64)
+    layer.forward(bottoms, tops)
+    assert tops[0].shape == top
+    k = int(np.prod(shape[axis % len(shape):]))
+    w = layer.blobs[0].data.T if transpose else layer.blobs[0].data
+    assert w.shape == (5, k)
+    np.testing.assert_allclose(tops[0].data.reshape(-1, 5), x.reshape(-1, k) @ w.T + layer.blobs[1].data,
+                               rtol=1e-12)
+    check_gradient(spec, [x])
+
+
+def test_inner_product_input_size_is_fixed_at_setup():
+    layer, bottoms, tops = setup(f'type: "InnerProduct" inner_product_param {{ num_output: 2 {FILLERS} }}',
+                                 [np.zeros((2, 3, 4))])
+    bottoms[0].data = np.zeros((5, 12))        # same K: fine
+    layer.forward(bottoms, tops)
+    assert tops[0].shape == (5, 2)
+    bottoms[0].data = np.zeros((2, 3, 5))
+    with pytest.raises(RistrettoError, match="incompatible with inner product"):
+        layer.forward(bottoms, tops)
+
+
+def test_inner_product_preloaded_blobs():
+    w = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)    # legacy 4-D weights
+    spec = 'type: "InnerProduct" inner_product_param { num_output: 2 bias_term: false } '
+    y = forward(spec + blobs_text(w), [np.ones((1, 3), np.float32)])[0]
+    np.testing.assert_array_equal(y, [[3, 12]])
+    with pytest.raises(RistrettoError, match="parameter blob 0"):
+        setup(spec + blobs_text(np.zeros((2, 2))), [np.ones((1, 3))])
+    with pytest.raises(RistrettoError, match="num_output"):
+        setup('type: "InnerProduct" inner_product_param { num_output: 0 }', [np.ones((1, 3))])
+
+
+def test_inner_product_forward_weights_hook():
+    class Negated(InnerProductLayer):
+        def forward_weights(self):
+            w, b = super().forward_weights()
+            return -w, b
+
+    spec = f'type: "InnerProduct" inner_product_param {{ num_output: 3 bias_term: false {FILLERS} }}'
+    x = rng(15).standard_normal((2, 4))
+    plain, pb, pt = setup(spec, [x], dtype=np.float64)
+    neg, nb, nt = setup(spec, [x], dtype=np.float64,
+                        layer=Negated(layer_param(spec), rng=np.random.default_rng(1701)))
+    for layer, bottoms, tops in ((plain, pb, pt), (neg, nb, nt)):
+        layer.forward(bottoms, tops)
+        tops[0].diff = np.ones_like(tops[0].data)
+        layer.backward(tops, [True], bottoms)
+    np.testing.assert_allclose(nt[0].data, -pt[0].data)
+    np.testing.assert_allclose(nb[0].diff, -pb[0].diff)
+    np.testing.assert_allclose(neg.blobs[0].diff, plain.blobs[0].diff)
+
+
+# ================================================================== Pooling
+def pool_spec(pool, kernel=None, stride=None, pad=None, extra=""):
+    fields = [f"pool: {pool}"]
+    for name, v in (("kernel", kernel), ("stride", stride), ("pad", pad)):
+        if v is None:
+            continue
+        if isinstance(v, tuple):
+            fields += [f"{name}_h: {v[0]}", f"{name}_w: {v[1]}"]
+        else:
+            fields.append(f"{name}{'_size' if name == 'kernel' else ''}: {v}")
+    return f'type: "Pooling" pooling_param {{ {" ".join(fields)} {extra} }}'
+
+
+POOL_CASES = [
+    # shape, kernel, stride, pad, ceil
+    ((2, 2, 7, 7), 3, 2, 1, True),
+    ((1, 2, 8, 8), 3, 2, 1, True),
+    ((1, 2, 8, 8), 3, 2, 1, False),
+    ((1, 2, 5, 5), 2, 2, 1, True),          # ceil gives 4, the pad rule clips to 3
+    ((2, 1, 6, 7), (3, 2), (2, 1), (1, 0), True),
+    ((1, 2, 7, 7), 2, 3, 0, True),          # stride > kernel, last window partly outside
+    ((1, 1, 5, 5), 5, 1, 0, True),          # whole plane
+    ((1, 2, 4, 4), 3, 1, 2, False),
+]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", POOL_CASES,
+                         ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
+def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
+    shape, kernel, stride, pad, ceil_mode = case
+    x = rng(16).standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :2] = x[0, 0, 1, 1]                     # ties
+    spec = pool_spec(pool, kernel, stride, pad, "" if ceil_mode else "round_mode: FLOOR")
+    top, arg, backward = caffe_pool(x, pool, _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
+    layer, bottoms, tops = setup(spec, [x], num_tops=2 if pool == "MAX" else 1)
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, top)
+    if pool == "MAX":
+        np.testing.assert_array_equal(tops[1].data, arg.astype(np.float32))
+    dy = rng(17).standard_normal(top.shape).astype(np.float32)
+    tops[0].diff = dy
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+
+
+def test_pooled_size_rules():
+    assert pooled_size(5, 2, 2, 1, True, True) == 3      # 4 by ceil, then clipped
+    assert pooled_size(8, 3, 2, 1, True, True) == 5
+    assert pooled_size(8, 3, 2, 1, False, True) == 4
+    assert pooled_size(5, 1, 3, 0, True, False) == 3     # no pad: no clipping, empty window
+
+
+def test_max_pooling_hand_computed_ties_nan_and_empty_windows():
+    x = np.array([[[[1, 3, 3, 0],
+                    [3, 2, np.nan, 5],
+                    [0, 0, -1, -1],
+                    [0, 7, -1, -1]]]], np.float32)
+    tops = check_forward(pool_spec("MAX", 2, 2), [x], [[[[[3, 5], [7, -1]]]]], num_tops=2)
+    np.testing.assert_array_equal(tops[1], [[[[1, 7], [13, 10]]]])   # first 3 wins; NaN never
+    # stride 3 over width 5 with kernel 1: the third window starts past the input (CEIL, no pad)
+    x = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5) + 1
+    tops = check_forward(pool_spec("MAX", 1, 3), [x], [[[[[1, 4, -FLT_MAX]]]]], num_tops=2)
+    np.testing.assert_array_equal(tops[1], [[[[0, 3, -1]]]])
+    layer, bottoms, tops = setup(pool_spec("MAX", 1, 3), [x])
+    layer.forward(bottoms, tops)
+    tops[0].diff = np.ones((1, 1, 1, 3), np.float32)
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, [[[[1, 0, 0, 1, 0]]]])
+    y = forward(pool_spec("AVE", 1, 3), [x])[0]
+    assert y[0, 0, 0, 2] == 0 and np.signbit(y[0, 0, 0, 2])          # 0 / -1, as in Caffe
+
+
+def test_max_pooling_window_of_minus_infinity():
+    x = np.full((1, 1, 2, 2), -np.inf, np.float32)
+    tops = forward(pool_spec("MAX", 2, 2), [x], num_tops=2)
+    assert tops[0].item() == -FLT_MAX and tops[1].item() == -1
+    tops = forward(pool_spec("MAX", extra="global_pooling: true"), [x], num_tops=2)
+    assert tops[0].item() == -FLT_MAX and tops[1].item() == -1
+
+
+def test_ave_pooling_divisor_counts_padding_but_not_beyond():
+    x = np.ones((1, 1, 5, 5), np.float32)
+    y = forward(pool_spec("AVE", 2, 2, 1), [x])[0][0, 0]
+    # windows: rows {-1,0},{1,2},{3,4}; the first row/column window holds one padding cell
+    np.testing.assert_array_equal(y, [[0.25, 0.5, 0.5], [0.5, 1, 1], [0.5, 1, 1]])
+    y = forward(pool_spec("AVE", 3, 2, 1), [np.ones((1, 1, 4, 4), np.float32)])[0][0, 0]
+    # windows start at -1, 1, 3: valid rows 2, 3, 1; the last one (rows 3..5) reaches past the
+    # padded extent (rows -1..4), so its divisor counts 2 rows, not 3
+    ratio = np.array([2 / 3, 1, 1 / 2])
+    np.testing.assert_allclose(y, np.outer(ratio, ratio), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_global_pooling(pool):
+    x = rng(18).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    want = x.max(axis=(2, 3)) if pool == "MAX" else x.mean(axis=(2, 3))
+    check_forward(pool_spec(pool, extra="global_pooling: true"), [x], [want[..., None, None]])
+    layer, bottoms, tops = setup(pool_spec(pool, extra="global_pooling: true"), [x])
+    bottoms[0].data = rng(19).standard_normal((1, 3, 6, 2)).astype(np.float32)
+    layer.forward(bottoms, tops)                  # the kernel follows the input size
+    assert tops[0].shape == (1, 3, 1, 1)
+
+
+def distinct(shape, seed=20):
+    """Values 0.1 apart, so a +-0.01 finite-difference step never changes a maximum."""
+    return rng(seed).permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 1.0
+
+
+@pytest.mark.parametrize("spec", [
+    pool_spec("MAX", 3, 2, 1),
+    pool_spec("MAX", (3, 2), (1, 2), (1, 1)),
+    pool_spec("MAX", 2, 2, extra="round_mode: FLOOR"),
+    pool_spec("MAX", extra="global_pooling: true"),
+    pool_spec("AVE", 3, 2, 1),
+    pool_spec("AVE", (2, 3), (2, 1), (0, 1)),
+    pool_spec("AVE", 2, 3),
+    pool_spec("AVE", extra="global_pooling: true"),
+])
+def test_pooling_gradients(spec):
+    check_gradient(spec, [distinct((2, 2, 5, 5))])
+
+
+def test_max_pooling_gradient_with_mask_top():
+    check_gradient(pool_spec("MAX", 3, 2), [distinct((1, 2, 5, 5))], num_tops=2)
+
+
+@pytest.mark.parametrize("spec, message", [
+    (pool_spec("MAX", 2, extra="global_pooling: true"), "cannot be specified"),
+    (pool_spec("MAX", extra="global_pooling: true pad: 1"), "only pad = 0"),
+    (pool_spec("MAX"), "kernel_h and kernel_w, are required"),
+    (pool_spec("MAX", extra="kernel_h: 2"), "kernel_h and kernel_w, are required"),
+    (pool_spec("MAX", 2, extra="kernel_h: 2 kernel_w: 2"), "not both"),
+    (pool_spec("MAX", 2, pad=2), "smaller than the kernel"),
+    (pool_spec("STOCHASTIC", 3, pad=1), "padding implemented only"),
+    (pool_spec("MAX", 2, extra="pad_h: 1"), "pad_h and pad_w"),
+    (pool_spec("MAX", 0), "cannot be zero"),
+])
+def test_pooling_parameter_errors(spec, message):
+    with pytest.raises(RistrettoError, match=message):
+        setup(spec, [np.zeros((1, 1, 4, 4))])
+
+
+def test_pooling_blob_count_and_axes_errors():
+    with pytest.raises(RistrettoError, match="at most 1 top"):
+        setup(pool_spec("AVE", 2), [np.zeros((1, 1, 4, 4))], num_tops=2)
+    with pytest.raises(RistrettoError, match="4 axes"):
+        setup(pool_spec("MAX", 2), [np.zeros((1, 4, 4))])
+
+
+def test_stochastic_pooling_train_samples_proportionally_and_routes_gradient():
+    plane = np.array([[1, 2], [3, 4]], np.float32)
+    x = np.broadcast_to(plane, (1, 4000, 2, 2)).copy()
+    layer, bottoms, tops = setup(pool_spec("STOCHASTIC", 2, 2), [x], phase=TRAIN)
+    layer.forward(bottoms, tops)
+    y = tops[0].data.ravel()
+    freq = np.array([(y == v).mean() for v in (1, 2, 3, 4)])
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.03)
+    dy = np.arange(1, 4001, dtype=np.float32)
+    tops[0].diff = dy.reshape(tops[0].shape)
+    layer.backward(tops, [True], bottoms)
+    dx = bottoms[0].diff.reshape(4000, 4)
+    np.testing.assert_array_equal(dx.sum(axis=1), dy)                  # all of it to one cell,
+    np.testing.assert_array_equal(plane.ravel()[dx.argmax(axis=1)], y)   # the sampled one
+
+
+def test_stochastic_pooling_train_clips_windows_to_the_input():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0, 2, 2] = 5                                  # the only positive cell, in a clipped window
+    y = forward(pool_spec("STOCHASTIC", 2, 2), [x], phase=TRAIN)[0]
+    np.testing.assert_array_equal(y, [[[[0, 0], [0, 5]]]])
+
+
+def test_stochastic_pooling_test_phase():
+    x = np.array([[[[1, 2, 0], [3, 4, 0], [0, 0, -1]]]], np.float32)
+    # windows (k2 s2, ceil): {1,2,3,4} -> 30/10; {0,0} -> 0; {0,0} -> 0; {-1} -> sum < 0 -> 0
+    check_forward(pool_spec("STOCHASTIC", 2, 2), [x], [[[[[3, 0], [0, 0]]]]])
+    check_gradient(pool_spec("STOCHASTIC", 3, 2), [rng(21).uniform(0.5, 2, (1, 2, 5, 5))])
+
+
+# ================================================================== LRN
+def lrn_spec(size, alpha, beta, k, within=False):
+    region = " norm_region: WITHIN_CHANNEL" if within else ""
+    return f'type: "LRN" lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k}{region} }}'
+
+
+@pytest.mark.parametrize("size, channels", [(5, 7), (3, 2), (5, 3), (1, 3), (7, 9)])
+def test_lrn_across_channels_reproduces_the_running_window(size, channels):
+    x = (rng(22).standard_normal((2, channels, 3, 3)) * 3).astype(np.float32)
+    y = forward(lrn_spec(size, 0.7, 0.75, 2), [x])[0]
+    np.testing.assert_array_equal(y, caffe_lrn_across(x, size, 0.7, 0.75, 2))
+    np.testing.assert_allclose(y, lrn_direct(x, size, 0.7, 0.75, 2, False), rtol=2e-6)
+
+
+def test_lrn_within_channel_ignores_k():
+    x = rng(23).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    for k in (1, 7):
+        y = forward(lrn_spec(3, 0.6, 0.8, k, within=True), [x])[0]
+        np.testing.assert_allclose(y, lrn_direct(x, 3, 0.6, 0.8, k, True), rtol=2e-6)
+
+
+@pytest.mark.parametrize("spec", [
+    lrn_spec(5, 0.9, 0.75, 2),
+    lrn_spec(3, 2.0, 0.6, 1),
+    lrn_spec(7, 1.5, 1.3, 1.5),
+    lrn_spec(3, 0.9, 0.75, 2, within=True),
+    lrn_spec(5, 2.0, 0.6, 1, within=True),
+])
+def test_lrn_gradients(spec):
+    check_gradient(spec, [rng(24).standard_normal((2, 5, 4, 3))])
+
+
+def test_lrn_errors():
+    with pytest.raises(RistrettoError, match="odd"):
+        setup(lrn_spec(4, 1, 0.75, 1), [np.zeros((1, 3, 2, 2))])
+    with pytest.raises(RistrettoError, match="4 axes"):
+        setup(lrn_spec(3, 1, 0.75, 1), [np.zeros((3, 2, 2))])
+
+
+# ================================================================== OpenCV's dnn module
+def test_forward_matches_opencv_dnn(tmp_path):
+    """A net of our layers with random weights, saved as prototxt + caffemodel and run by
+    OpenCV's independent Caffe importer. (OpenCV's importer drops LRN's ``k``, so k is 1.)"""
+    f = FILLERS
+    layers = [
+        ("conv", f'type: "Convolution" bottom: "data" convolution_param {{ num_output: 6 kernel_size: 3 '
+                 f'pad: 2 dilation: 2 group: 2 stride: 2 {f} }}'),
+        ("conv2", f'type: "Convolution" bottom: "data" convolution_param {{ num_output: 5 kernel_h: 3 '
+                  f'kernel_w: 2 pad_h: 1 pad_w: 0 stride_w: 2 stride_h: 1 {f} }}'),
+        ("conv1x1", f'type: "Convolution" bottom: "conv" convolution_param {{ num_output: 3 '
+                    f'kernel_size: 1 {f} }}'),
+        ("pool", 'type: "Pooling" bottom: "conv" pooling_param { pool: MAX kernel_size: 3 stride: 2 '
+                 'pad: 1 }'),
+        ("ave", 'type: "Pooling" bottom: "conv" pooling_param { pool: AVE kernel_size: 3 stride: 2 '
+                'pad: 1 }'),
+        ("ave2", 'type: "Pooling" bottom: "data" pooling_param { pool: AVE kernel_size: 2 stride: 2 '
+                 'pad: 1 }'),
+        ("gave", 'type: "Pooling" bottom: "conv2" pooling_param { pool: AVE global_pooling: true }'),
+        ("lrn", 'type: "LRN" bottom: "pool" lrn_param { local_size: 5 alpha: 0.5 beta: 0.75 }'),
+        ("lrn2", 'type: "LRN" bottom: "pool" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 '
+                 'norm_region: WITHIN_CHANNEL }'),
+        ("deconv", f'type: "Deconvolution" bottom: "pool" convolution_param {{ num_output: 4 kernel_size: 4 '
+                   f'stride: 2 pad: 1 group: 2 {f} }}'),
+        ("ip", f'type: "InnerProduct" bottom: "lrn" inner_product_param {{ num_output: 7 {f} }}'),
+    ]
+    text = 'name: "vision" input: "data" input_shape { dim: 2 dim: 4 dim: 16 dim: 15 } ' + " ".join(
+        f'layer {{ name: "{name}" top: "{name}" {body} }}' for name, body in layers)
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    upgrade_net_as_needed(param)
+    net = Net(param, TEST, seed=5)
+    x = rng(25).standard_normal((2, 4, 16, 15)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    (tmp_path / "net.prototxt").write_text(text)
+    write_caffemodel(tmp_path / "net.caffemodel", net.to_proto())
+    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "net.prototxt"), str(tmp_path / "net.caffemodel"))
+    cv_net.setInput(x)
+    names = [name for name, _ in layers]
+    for name, theirs in zip(names, cv_net.forward(names)):
+        ours = net.blobs[name].data
+        assert ours.shape == theirs.shape, name
+        scale = np.abs(theirs).max()
+        assert np.abs(ours - theirs).max() <= 1e-5 * scale, name

@@ -1,0 +1,229 @@
+"""Net construction as Caffe does it: filtering, splits, outputs, sharing, backward analysis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from ristretto_cli.errors import RistrettoError
+from ristretto_cli.net import TEST, TRAIN, Net
+from ristretto_cli.proto import caffe_pb2
+
+
+def net_param(text: str) -> caffe_pb2.NetParameter:
+    return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
+def build(text: str, phase=TEST, **kw) -> Net:
+    return Net(net_param(text), phase, **kw)
+
+
+INPUT = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+
+
+def test_include_exclude_rules_follow_the_state():
+    text = INPUT + """
+    layer { name: "a" type: "ReLU" bottom: "x" top: "a" include { phase: TRAIN } }
+    layer { name: "b" type: "ReLU" bottom: "x" top: "b" exclude { phase: TRAIN } }
+    layer { name: "c" type: "ReLU" bottom: "x" top: "c" include { min_level: 2 } }
+    layer { name: "d" type: "ReLU" bottom: "x" top: "d" include { stage: "s1" stage: "s2" } }
+    layer { name: "e" type: "ReLU" bottom: "x" top: "e" include { not_stage: "s1" } }
+    layer { name: "f" type: "ReLU" bottom: "x" top: "f" include { stage: "" } }
+    """
+    names = lambda n: [name for name in n.layer_names if "split" not in name]  # noqa: E731
+    assert names(build(text, TRAIN)) == ["in", "a", "e"]
+    assert names(build(text, TEST)) == ["in", "b", "e"]
+    assert names(build(text, TEST, level=2)) == ["in", "b", "c", "e"]
+    assert names(build(text, TEST, stages=["s1", "s2"])) == ["in", "b", "d"]
+    # Caffe's tools add the empty stage when --stage is not given
+    assert names(build(text, TEST, stages=[""])) == ["in", "b", "e", "f"]
+
+
+def test_include_and_exclude_together_is_an_error():
+    text = INPUT + 'layer { name: "a" type: "ReLU" bottom: "x" top: "a" include { phase: TRAIN } exclude { phase: TEST } }'
+    with pytest.raises(RistrettoError, match="either include rules or exclude rules") as err:
+        build(text)
+    assert err.value.layer == "a"
+
+
+def test_split_layers_are_named_and_wired_as_caffe_does():
+    text = INPUT + """
+    layer { name: "r" type: "ReLU" bottom: "x" top: "x" }
+    layer { name: "a" type: "Sigmoid" bottom: "x" top: "a" }
+    layer { name: "b" type: "TanH" bottom: "x" top: "b" }
+    """
+    net = build(text)
+    assert net.layer_names == ["in", "r", "x_r_0_split", "a", "b"]
+    split = net.layers[2]
+    assert list(split.param.top) == ["x_r_0_split_0", "x_r_0_split_1"]
+    assert list(net.layers[3].param.bottom) == ["x_r_0_split_0"]
+    assert list(net.layers[4].param.bottom) == ["x_r_0_split_1"]
+    net.blobs["x"].data[...] = np.array([[-1, 0, 2], [3, -4, 5]], np.float32)
+    net.forward()
+    # split tops alias the producer's values (no copy), as in Caffe
+    assert net.blobs["x_r_0_split_0"].data is net.blobs["x"].data
+    np.testing.assert_allclose(net.blobs["b"].data, np.tanh(np.maximum(net.blobs["x"].data, 0)))
+
+
+def test_outputs_are_sorted_by_name_not_by_layer_order():
+    text = INPUT + """
+    layer { name: "z" type: "ReLU" bottom: "x" top: "zz" }
+    layer { name: "a" type: "Sigmoid" bottom: "x" top: "aa" }
+    layer { name: "m" type: "TanH" bottom: "x" top: "mm" }
+    """
+    assert build(text).output_names == ["aa", "mm", "zz"]
+
+
+def test_loss_weight_on_a_consumed_top_moves_to_the_split():
+    text = INPUT + """
+    layer { name: "lbl" type: "Input" top: "y" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "s" type: "Sigmoid" bottom: "x" top: "s" loss_weight: 2 }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "s" bottom: "y" top: "loss" }
+    """
+    net = build(text)
+    split = net.layer_by_name("s_s_0_split")
+    assert list(split.param.top) == ["s_s_0_split_0", "s_s_0_split_1"]
+    assert list(split.param.loss_weight) == [2, 0]
+    assert list(net.layer_by_name("loss").param.bottom) == ["s_s_0_split_1", "y"]
+    assert list(net.layer_by_name("s").param.loss_weight) == []
+    assert net.output_names == ["loss", "s_s_0_split_0"]
+    net.blobs["x"].data[...] = 1.0
+    loss = net.forward()
+    s = 1 / (1 + np.exp(-1.0))
+    assert loss == pytest.approx(2 * 6 * s + 6 * s**2 / (2 * 2), rel=1e-6)  # Euclidean: sum/(2N), N=2
+
+
+def test_unknown_bottom_and_duplicate_top_are_errors_naming_the_layer():
+    with pytest.raises(RistrettoError, match="unknown bottom blob 'nope'") as err:
+        build(INPUT + 'layer { name: "a" type: "ReLU" bottom: "nope" top: "a" }')
+    assert err.value.layer == "a"
+    with pytest.raises(RistrettoError, match="produced by multiple sources") as err:
+        build(INPUT + 'layer { name: "a" type: "ReLU" bottom: "x" top: "x2" }'
+              'layer { name: "b" type: "Sigmoid" bottom: "x2" top: "x" }')
+    assert err.value.layer == "b"
+
+
+def test_unknown_layer_type_lists_the_known_types():
+    with pytest.raises(RistrettoError) as err:
+        build(INPUT + 'layer { name: "a" type: "Frobnicate" bottom: "x" top: "a" }')
+    msg = str(err.value)
+    assert "unknown layer type 'Frobnicate'" in msg and "Convolution" in msg and "ReLU" in msg
+    assert err.value.layer == "a"
+
+
+IP_NET = """
+name: "ip"
+layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h" param { name: "w" lr_mult: 1 } param { lr_mult: 2 }
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "x" top: "h2" param { name: "w" } param { lr_mult: 0 }
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "sum" type: "Eltwise" bottom: "h" bottom: "h2" top: "s" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "s" bottom: "y" top: "loss" }
+"""
+
+
+def test_parameters_shared_by_name_use_the_same_arrays_and_sum_gradients():
+    net = build(IP_NET, TRAIN, seed=3)
+    w1 = net.layer_by_name("ip1").blobs[0]
+    w2 = net.layer_by_name("ip2").blobs[0]
+    assert w1 is w2
+    # learnable: w (owner), ip1 bias, ip2 bias; the sharer is not listed again
+    assert len(net.learnable_params) == 3
+    assert [p.lr_mult for p in net.learnable_params] == [1, 2, 0]
+    rng = np.random.default_rng(0)
+    net.blobs["x"].data[...] = rng.standard_normal((4, 3))
+    net.blobs["y"].data[...] = rng.standard_normal((4, 2))
+    net.clear_param_diffs()
+    net.forward_backward()
+    s = net.blobs["s"].data
+    y = net.blobs["y"].data
+    x = net.blobs["x"].data
+    ds = (s - y) / 4
+    # d/dW of (x W^T + b1) + (x W^T + b2): both uses contribute
+    np.testing.assert_allclose(w1.diff, 2 * ds.T @ x, rtol=1e-5, atol=1e-6)
+    # lr_mult 0 bias: no gradient computed
+    assert not np.any(net.layer_by_name("ip2").blobs[1].diff)
+
+
+def test_shared_parameter_shape_mismatch_is_an_error():
+    text = IP_NET.replace('inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }\nlayer { name: "sum"',
+                          'inner_product_param { num_output: 3 } }\nlayer { name: "sum"')
+    with pytest.raises(RistrettoError, match="cannot share param 'w'"):
+        build(text)
+
+
+def test_backward_analysis_skips_layers_that_do_not_lead_to_a_loss():
+    text = """
+    layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+    layer { name: "fixed" type: "InnerProduct" bottom: "x" top: "f" param { lr_mult: 0 } param { lr_mult: 0 }
+            inner_product_param { num_output: 3 } }
+    layer { name: "learn" type: "InnerProduct" bottom: "f" top: "g" inner_product_param { num_output: 3 } }
+    layer { name: "side" type: "Sigmoid" bottom: "g" top: "side" }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "g" bottom: "y" top: "loss" }
+    """
+    net = build(text, TRAIN)
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need["fixed"] is False          # no learnable params, input needs no gradient
+    assert need["learn"] is True
+    assert need["side"] is False           # does not contribute to the loss
+    assert need["loss"] is True
+    loss_layer = net.layer_names.index("loss")
+    assert net.bottom_need_backward[loss_layer] == [True, False]
+    forced = build("force_backward: true\n" + text, TRAIN)
+    assert all(forced.layer_need_backward)
+    # force_backward never propagates into loss labels
+    assert forced.bottom_need_backward[forced.layer_names.index("loss")][1] is True  # Euclidean allows both
+
+
+def test_propagate_down_overrides_the_bottom_flag():
+    text = """
+    layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "x" top: "g" inner_product_param { num_output: 3 } }
+    layer { name: "ip2" type: "InnerProduct" bottom: "g" top: "h" propagate_down: false inner_product_param { num_output: 3 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }
+    """
+    net = build(text, TRAIN)
+    assert net.bottom_need_backward[net.layer_names.index("ip2")] == [False]
+    # "ip" still needs backward for its parameters (Caffe decides before the skip analysis)
+    assert net.layer_need_backward[net.layer_names.index("ip")] is False
+
+
+def test_copy_trained_layers_by_name_and_shape_errors():
+    net = build(IP_NET, TEST, seed=1)
+    src = net.to_proto()
+    other = build(IP_NET, TEST, seed=2)
+    other.copy_trained_layers_from(src)
+    for a, b in zip(net.params, other.params):
+        np.testing.assert_array_equal(a.data, b.data)
+    bad = caffe_pb2.NetParameter()
+    bad.CopyFrom(src)
+    ip1 = [lp for lp in bad.layer if lp.name == "ip1"][0]
+    del ip1.blobs[0].shape.dim[:]
+    ip1.blobs[0].shape.dim.extend([3, 3])
+    ip1.blobs[0].data.extend([0.0] * 3)
+    with pytest.raises(RistrettoError, match="shape mismatch") as err:
+        other.copy_trained_layers_from(bad, path="w.caffemodel")
+    assert err.value.layer == "ip1" and err.value.path == "w.caffemodel"
+    assert "3 3 (9)" in str(err.value) and "2 3 (6)" in str(err.value)
+
+
+def test_to_proto_records_phase_implicit_loss_weight_and_blobs():
+    net = build(IP_NET, TRAIN, seed=1)
+    proto = net.to_proto()
+    assert all(lp.phase == TRAIN for lp in proto.layer)
+    loss = [lp for lp in proto.layer if lp.name == "loss"][0]
+    assert list(loss.loss_weight) == [1.0]
+    ip1 = [lp for lp in proto.layer if lp.name == "ip1"][0]
+    assert [list(b.shape.dim) for b in ip1.blobs] == [[2, 3], [2]]
+
+
+def test_input_reshape_propagates():
+    text = INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 5 } }'
+    net = build(text)
+    net.blobs["x"].reshape((7, 3))
+    net.reshape()
+    assert net.blobs["h"].shape == (7, 5)
+    net.forward()
+    assert net.blobs["h"].shape == (7, 5)
