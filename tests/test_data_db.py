@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
+import subprocess
 import sys
 
-import lmdb
 import numpy as np
 import pytest
 from conftest import shared_data
@@ -22,12 +23,15 @@ BACKENDS = ["lmdb", "leveldb"]
 
 
 def _lmdb_records(path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor())
-    finally:
-        env.close()
+    """All records, read by the lmdb package directly in a separate process: independent of
+    our reader, and unaffected by environments this process keeps open (LMDB forbids opening
+    one environment twice in a process)."""
+    code = ("import lmdb, pickle, sys\n"
+            "env = lmdb.open(sys.argv[1], readonly=True, lock=False)\n"
+            "with env.begin() as txn:\n"
+            "    sys.stdout.buffer.write(pickle.dumps(list(txn.cursor())))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, check=True).stdout
+    return pickle.loads(out)
 
 
 @pytest.mark.slow
