@@ -127,6 +127,24 @@ def test_command(model, weights, iterations, phase, level, stage, gpu, semantics
                semantics=semantics)
 
 
+@cli.command("time")
+@_option("model", default="", metavar="FILE", help="net prototxt to time (required)")
+@_option("iterations", default=50, type=int, show_default=True, help="number of timed passes")
+@_option("phase", default="TRAIN", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+         show_default=True, help="phase the net is built for")
+@_option("weights", default="", metavar="FILE", help="optional caffemodel to load first")
+@_option("level", default=0, type=int, help="NetState level")
+@_option("stage", default="", metavar="S[,T..]", help="NetState stages, comma-separated")
+@_option("gpu", default="", metavar="IDS", help="accepted for compatibility; runs on the CPU")
+@_option("semantics", default="ristretto", type=click.Choice(["ristretto", "caffe-cpu"]),
+         help="Ristretto number-format rules")
+def time_command(model, iterations, phase, weights, level, stage, gpu, semantics):
+    """Benchmark a model's execution time, as `caffe time`: per-layer forward/backward ms."""
+    from ristretto_cli.timing import time_model
+    time_model(model, iterations=iterations, phase=phase, weights=weights, level=level, stage=stage,
+               gpu=gpu, semantics=semantics)
+
+
 @cli.command("convert_mnist_data", cls=_GflagsCommand)
 @click.argument("image_file")
 @click.argument("label_file")
