@@ -60,11 +60,11 @@ class Blob:
             self.data = np.zeros(shape, self.data.dtype)
             self._diff = None
 
-    def share_data(self, other: "Blob") -> None:
+    def share_data(self, other: Blob) -> None:
         """Alias ``other``'s values (Caffe's ShareData)."""
         self.data = other.data
 
-    def share_diff(self, other: "Blob") -> None:
+    def share_diff(self, other: Blob) -> None:
         self._diff = other.diff
 
     def zero_diff(self) -> None:

@@ -36,7 +36,7 @@ class RistrettoError(Exception):
         where = self.where()
         return f"{where}: {self.message}" if where else self.message
 
-    def located(self, *, path: str | None = None, layer: str | None = None) -> "RistrettoError":
+    def located(self, *, path: str | None = None, layer: str | None = None) -> RistrettoError:
         """Fill in context that was not known where the error was raised; returns self."""
         if self.path is None and path is not None:
             self.path = str(path)

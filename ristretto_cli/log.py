@@ -27,7 +27,7 @@ def fmt_g(value) -> str:
     float32 values are widened to double first, exactly as ``operator<<(float)`` does.
     """
     if isinstance(value, (np.floating, float)):
-        return "%g" % float(value)
+        return format(float(value), "g")
     return str(value)
 
 
@@ -104,3 +104,41 @@ def quiet():
         yield
     finally:
         logger.setLevel(old)
+
+
+class HeldRecords:
+    """Log records held back while a block runs; ``release()`` emits them later.
+
+    Used to read every input file before printing anything: a bad file then prints only
+    its one error line, while a good run keeps Caffe's line order (e.g. "Use CPU." first,
+    then the legacy-upgrade messages of the files).
+    """
+
+    def __init__(self):
+        self.records: list[logging.LogRecord] = []
+
+    def release(self) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            logger.handle(record)
+
+
+@contextlib.contextmanager
+def hold_records():
+    held = HeldRecords()
+
+    class _Capture(logging.Handler):
+        def emit(self, record):
+            held.records.append(record)
+
+    capture = _Capture()
+    saved = logger.handlers[:]
+    for h in saved:
+        logger.removeHandler(h)
+    logger.addHandler(capture)
+    try:
+        yield held
+    finally:
+        logger.removeHandler(capture)
+        for h in saved:
+            logger.addHandler(h)

@@ -344,20 +344,16 @@ class Net:
                 logger.debug("Ignoring source layer %s", src.name)
                 continue
             target = self.layers[target_id]
-
-            def is_placeholder(i):
-                # HDF5 weights omit parameters a layer shares with another (Caffe allows that).
-                missing = i >= len(src.blobs) or (not len(src.blobs[i].data) and not src.blobs[i].HasField("shape"))
-                return missing and (target_id, i) in shared
-
-            if len(src.blobs) > len(target.blobs) or (
-                    len(src.blobs) < len(target.blobs)
-                    and not all(is_placeholder(i) for i in range(len(src.blobs), len(target.blobs)))):
+            # HDF5 weights omit parameters a layer shares with another (Caffe allows that).
+            placeholders = {i for i in range(len(target.blobs)) if (target_id, i) in shared and (
+                i >= len(src.blobs) or (not len(src.blobs[i].data) and not src.blobs[i].HasField("shape")))}
+            if len(src.blobs) > len(target.blobs) or any(
+                    i not in placeholders for i in range(len(src.blobs), len(target.blobs))):
                 raise RistrettoError(
                     f"incompatible number of blobs: the weights file has {len(src.blobs)}, "
                     f"the net has {len(target.blobs)}", path=path, layer=src.name)
             for i, (bp, blob) in enumerate(zip(src.blobs, target.blobs)):
-                if is_placeholder(i):
+                if i in placeholders:
                     continue
                 if not shape_equals(bp, blob.shape):
                     raise RistrettoError(
@@ -366,7 +362,7 @@ class Net:
                         path=path, layer=src.name)
                 blob.data[...] = blob_to_array(bp).reshape(blob.shape)
 
-    def share_trained_layers_with(self, other: "Net") -> None:
+    def share_trained_layers_with(self, other: Net) -> None:
         """Use ``other``'s parameter arrays for layers of the same name (test nets share the
         train net's weights this way)."""
         for layer in other.layers:
@@ -395,7 +391,8 @@ class Net:
         return out
 
     def __repr__(self) -> str:
-        return f"<Net {self.name!r} phase={'TRAIN' if self.phase == TRAIN else 'TEST'} layers={len(self.layers)}>"
+        phase = "TRAIN" if self.phase == TRAIN else "TEST"
+        return f"<Net {self.name!r} phase={phase} layers={len(self.layers)}>"
 
 
 __all__ = ["Net", "LearnableParam", "SEMANTICS", "TRAIN", "TEST"]

@@ -221,7 +221,7 @@ class Net:
     def copy_from(self, weights: str) -> None:
         self._net.copy_trained_layers_from(read_weights(str(weights)), path=str(weights))
 
-    def share_with(self, other: "Net") -> None:
+    def share_with(self, other: Net) -> None:
         self._net.share_trained_layers_with(other._net)
 
     def save(self, path: str) -> None:

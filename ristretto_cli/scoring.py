@@ -19,7 +19,7 @@ import numpy as np
 
 from ristretto_cli import log as _log
 from ristretto_cli.errors import RistrettoError
-from ristretto_cli.log import fmt_g, logger
+from ristretto_cli.log import fmt_g, hold_records, logger
 
 
 @dataclass
@@ -118,13 +118,19 @@ def test_model(model: str, weights: str, *, iterations: int = 50, phase: str = "
         raise RistrettoError("Need model weights to score.")
     if iterations <= 0:
         raise RistrettoError(f"--iterations must be positive, got {iterations}")
+    # Read every file before printing anything: a bad one then prints only its error line.
+    with hold_records() as net_messages:
+        param = read_net_param(model)
+    with hold_records() as weights_messages:
+        weights_param = read_weights(weights)
     if gpu:
         logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
     else:
         logger.info("Use CPU.")
-    param = read_net_param(model)
+    net_messages.release()
     net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level, stages=stage.split(","),
               semantics=semantics, seed=seed, verbose=True)
-    net.copy_trained_layers_from(read_weights(weights), weights)
+    weights_messages.release()
+    net.copy_trained_layers_from(weights_param, weights)
     logger.info("Running for %d iterations.", iterations)
     return run_forward_batches(net, iterations, log=True, progress=progress)

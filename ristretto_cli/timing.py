@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ristretto_cli.log import fmt_g, logger
+from ristretto_cli.log import fmt_g, hold_records, logger
 
 
 def time_net(net, iterations: int = 50) -> dict:
@@ -83,12 +83,16 @@ def time_model(model: str, *, iterations: int = 50, phase: str = "TRAIN", weight
         raise RistrettoError(f"--phase must be TRAIN or TEST, got '{phase}'")
     if iterations <= 0:
         raise RistrettoError(f"--iterations must be positive, got {iterations}")
+    with hold_records() as net_messages:  # a bad file prints only its error line
+        param = read_net_param(model)
+        weights_param = read_weights(weights) if weights else None
     if gpu:
         logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
     else:
         logger.info("Use CPU.")
-    net = Net(read_net_param(model), TRAIN if phase.upper() == "TRAIN" else TEST, level=level,
+    net_messages.release()
+    net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level,
               stages=stage.split(","), semantics=semantics, seed=seed, verbose=True)
-    if weights:
-        net.copy_trained_layers_from(read_weights(weights), weights)
+    if weights_param is not None:
+        net.copy_trained_layers_from(weights_param, weights)
     return time_net(net, iterations)

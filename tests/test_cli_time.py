@@ -25,11 +25,14 @@ def test_time_prints_per_layer_and_average_lines():
     handler = _Lines()
     logger = logging.getLogger(LOGGER_NAME)
     logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         result = time_model(str(test_data("models/lenet/lenet_train_test.prototxt").with_name("lenet.prototxt")),
                             iterations=2, phase="TRAIN")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(old_level)
     text = "\n".join(handler.lines)
     assert "*** Benchmark begins ***" in text and "*** Benchmark ends ***" in text
     assert re.search(r"^Iteration: 2 forward-backward time: [\d.e+-]+ ms\.$", text, re.M)
