@@ -123,14 +123,15 @@ def test_model(model: str, weights: str, *, iterations: int = 50, phase: str = "
         param = read_net_param(model)
     with hold_records() as weights_messages:
         weights_param = read_weights(weights)
+    with hold_records() as setup_messages:  # a net that cannot be built prints only its error
+        net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level, stages=stage.split(","),
+                  semantics=semantics, seed=seed, verbose=True)
+        net.copy_trained_layers_from(weights_param, weights)
     if gpu:
         logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
     else:
         logger.info("Use CPU.")
-    net_messages.release()
-    net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level, stages=stage.split(","),
-              semantics=semantics, seed=seed, verbose=True)
-    weights_messages.release()
-    net.copy_trained_layers_from(weights_param, weights)
+    for held in (net_messages, setup_messages, weights_messages):
+        held.release()
     logger.info("Running for %d iterations.", iterations)
     return run_forward_batches(net, iterations, log=True, progress=progress)

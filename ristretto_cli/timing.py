@@ -86,13 +86,15 @@ def time_model(model: str, *, iterations: int = 50, phase: str = "TRAIN", weight
     with hold_records() as net_messages:  # a bad file prints only its error line
         param = read_net_param(model)
         weights_param = read_weights(weights) if weights else None
+    with hold_records() as setup_messages:  # a net that cannot be built prints only its error
+        net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level,
+                  stages=stage.split(","), semantics=semantics, seed=seed, verbose=True)
+        if weights_param is not None:
+            net.copy_trained_layers_from(weights_param, weights)
     if gpu:
         logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
     else:
         logger.info("Use CPU.")
     net_messages.release()
-    net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level,
-              stages=stage.split(","), semantics=semantics, seed=seed, verbose=True)
-    if weights_param is not None:
-        net.copy_trained_layers_from(weights_param, weights)
+    setup_messages.release()
     return time_net(net, iterations)

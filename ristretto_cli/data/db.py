@@ -264,8 +264,10 @@ class DBWriter:
         if os.path.lexists(self.path):
             raise RistrettoError("cannot create the DB: the path already exists", path=self.path)
         parent = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(parent):
-            raise RistrettoError("cannot create the DB: folder does not exist", path=self.path)
+        try:  # unlike Caffe's tools, create missing parent folders (examples/mnist/...)
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise RistrettoError(f"cannot create the DB folder: {exc.strerror}", path=self.path) from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise RistrettoError("cannot create the DB: permission denied (folder not writable)",
                                  path=self.path)
