@@ -145,6 +145,59 @@ def time_command(model, iterations, phase, weights, level, stage, gpu, semantics
                gpu=gpu, semantics=semantics)
 
 
+@cli.command("quantize")
+@_option("model", default="", metavar="FILE", help="float net with data layers and a TEST output (required)")
+@_option("weights", default="", metavar="FILE", help="trained float weights (required)")
+@_option("model_quantized", default="", metavar="FILE", help="where to write the quantized net (required)")
+@_option("trimming_mode", default="", metavar="MODE",
+         help="dynamic_fixed_point, minifloat or integer_power_of_2_weights (required)")
+@_option("iterations", default=50, type=int, show_default=True, help="TEST batches per scoring run")
+@_option("error_margin", default=2.0, type=float, show_default=True,
+         help="allowed score drop, in percentage points")
+@_option("gpu", default="", metavar="IDS", help="accepted for compatibility; runs on the CPU")
+@_option("semantics", default="ristretto", type=click.Choice(["ristretto", "caffe-cpu"]),
+         help="Ristretto number-format rules")
+@_option("score", default=None, metavar="OUTPUT", help="net output whose first element is the score "
+         "(default: the first output by name, as Ristretto)")
+@_option("report", default=None, metavar="FILE", help="also write a JSON report of every measurement")
+@_option("plot", default=None, metavar="FILE",
+         help="also plot score against bit width (PNG; needs matplotlib)")
+@_option("workers", default=0, type=int, help="scoring threads (0: one per core, at most 8)")
+@_option("seed", default=None, type=int, help="seed of every random draw (dropout, random transforms)")
+@_option("log", default=None, metavar="FILE", help="also write the log to FILE")
+def quantize_command(model, weights, model_quantized, trimming_mode, iterations, error_margin, gpu, semantics,
+                     score, report, plot, workers, seed, log):
+    """Find bit widths for a trained net, as Ristretto's `ristretto quantize`, and write the
+    quantized net description."""
+    from ristretto_cli import log as logging_setup
+    from ristretto_cli.io import check_writable
+    from ristretto_cli.quantization.search import QuantizeOptions, quantize
+    if log:
+        check_writable(log)
+        logging_setup.configure(log_file=log)
+    quantize(QuantizeOptions(model=model, weights=weights, model_quantized=model_quantized,
+                             trimming_mode=trimming_mode, iterations=iterations, error_margin=error_margin,
+                             gpu=gpu, semantics=semantics, score=score, report=report, plot=plot,
+                             workers=workers, seed=seed))
+
+
+@cli.command("plot_training_log", context_settings={"ignore_unknown_options": False})
+@click.argument("chart_type", type=int)
+@click.argument("out_png", metavar="OUT.png")
+@click.argument("logs", nargs=-1, required=True, metavar="LOG...")
+def plot_training_log_command(chart_type, out_png, logs):
+    """Plot a training log as Caffe's plot_training_log.py does (needs matplotlib).
+
+    CHART_TYPE: 0 test accuracy / 1 test accuracy vs seconds / 2 test loss / 3 test loss vs
+    seconds / 4 learning rate / 5 learning rate vs seconds / 6 train loss / 7 train loss vs
+    seconds (iterations on the x axis unless it says seconds).
+    """
+    from ristretto_cli.training_plot import plot_training_log
+    summary = plot_training_log(chart_type, out_png, list(logs))
+    from ristretto_cli.log import logger
+    logger.info("Wrote %s (%s)", out_png, ", ".join(f"{s['points']} points" for s in summary["series"]))
+
+
 @cli.command("convert_mnist_data", cls=_GflagsCommand)
 @click.argument("image_file")
 @click.argument("label_file")

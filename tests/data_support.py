@@ -121,3 +121,27 @@ def reference_runs(path) -> dict[str, list[str]]:
         if msg.startswith(("Batch ", "Loss: ")) or re.match(r"^\w+ = ", msg):
             runs[current].append(msg)
     return runs
+
+
+# ---------------------------------------------------------------------- MNIST working folders
+def make_mnist_lmdbs(tmp_path_factory):
+    """(test LMDB, train LMDB) as the LeNet prototxts read them: the reference test LMDB (made by
+    Caffe's convert_mnist_data) and the 60k train LMDB built by ours (which writes byte-identical
+    records) in about 2 s; for a session-scoped fixture."""
+    from conftest import shared_data
+
+    from ristretto_cli.data.tools import convert_mnist_data
+    test_db = shared_data("reference/mnist_test_lmdb")
+    train_db = tmp_path_factory.mktemp("mnist_train") / "mnist_train_lmdb"
+    n = convert_mnist_data(shared_data("mnist/train-images-idx3-ubyte.gz"),
+                           shared_data("mnist/train-labels-idx1-ubyte.gz"), str(train_db), progress=False)
+    assert n == 60000
+    return test_db, train_db
+
+
+def lay_out_mnist(folder, lmdbs) -> None:
+    """examples/mnist/mnist_{test,train}_lmdb under ``folder``, as the reference runs had them."""
+    test_db, train_db = lmdbs
+    (folder / "examples" / "mnist").mkdir(parents=True, exist_ok=True)
+    (folder / "examples" / "mnist" / "mnist_test_lmdb").symlink_to(test_db)
+    (folder / "examples" / "mnist" / "mnist_train_lmdb").symlink_to(train_db)
