@@ -2,81 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import sys
 
 import numpy as np
-import pytest
 from google.protobuf import text_format
+from log_support import capture_log, glog_to_real_stderr, message, run_cli  # noqa: F401  (re-exported)
 
-from ristretto_cli.log import logger
 from ristretto_cli.proto import caffe_pb2
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    @property
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
-
-    def levels(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-@contextlib.contextmanager
-def capture_log():
-    """Collect the project logger's records (INFO and up) while the block runs."""
-    handler = _ListHandler()
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
-
-
-def run_cli(capsys, *args) -> tuple[int, list[str]]:
-    """``ristretto ARGS`` in-process: (exit status, stderr lines)."""
-    from ristretto_cli.cli import main
-    capsys.readouterr()
-    # The glog handler keeps the stream it was made with: point it at this test's stderr for
-    # the call, and back afterwards (the captured stream is closed after the test).
-    from ristretto_cli import log
-    log.configure()
-    _point_glog_at(sys.stderr)
-    try:
-        status = main([str(a) for a in args])
-    finally:
-        _point_glog_at(sys.__stderr__)
-    return status, capsys.readouterr().err.splitlines()
-
-
-def _point_glog_at(stream) -> None:
-    for h in logger.handlers:
-        if type(h).__name__ == "_TqdmAwareHandler":
-            h.stream = stream
-
-
-@pytest.fixture(autouse=True)
-def glog_to_real_stderr():
-    """Import into a test module: its log lines never go to a stream a previous test closed."""
-    _point_glog_at(sys.__stderr__)
-    yield
-
-
-def message(line: str) -> str:
-    """The message part of a glog line (after ``] ``)."""
-    return line.split("] ", 1)[1] if "] " in line else line
 
 
 def net_param(text: str) -> caffe_pb2.NetParameter:

@@ -2,52 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-
 import numpy as np
-
-from ristretto_cli.log import logger
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    @property
-    def messages(self) -> list[tuple[str, str]]:
-        return [(r.levelname, r.getMessage()) for r in self.records]
-
-
-@contextlib.contextmanager
-def capture_log():
-    """Collect the records of the project logger (INFO and up) while the block runs."""
-    handler = _ListHandler()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-def run_cli(capsys, *args: str) -> tuple[int, list[str]]:
-    """Run ``ristretto ARGS`` in-process; (exit status, stderr lines)."""
-    from ristretto_cli.cli import main
-    # The glog handler keeps the stream it was created with; point it at this test's stderr.
-    for handler in logger.handlers:
-        if type(handler).__name__ == "_TqdmAwareHandler":
-            handler.stream = sys.stderr
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    return status, capsys.readouterr().err.splitlines()
+from log_support import capture_log, run_cli  # noqa: E402,F401  (re-exported)
 
 
 def flatten(msg, prefix: str = "") -> dict[str, object]:

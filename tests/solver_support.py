@@ -3,14 +3,11 @@ of the solver written from the spec's formulas (solver_and_cli.md §5.5)."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 
 import numpy as np
 
 from ristretto_cli.io import parse_text
-from ristretto_cli.log import logger
 from ristretto_cli.proto import caffe_pb2
 
 # y = x W^T + b, loss = sum((y - t)^2) / (2N); weights lr_mult 1 / bias lr_mult 2, no bias decay
@@ -58,27 +55,7 @@ def feed_tiny(solver) -> None:
     solver.net.learnable_params[1].blob.data[...] = B0
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def capture_log():
-    """The project logger's INFO+ messages while the block runs (a list filled in place)."""
-    handler = _Lines()
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+from log_support import capture_log  # noqa: E402,F401  (re-exported)
 
 
 # ------------------------------------------------------------- float64 reference

@@ -42,9 +42,9 @@ def test_v0_data_fields_move_to_their_new_messages_and_bad_fields_are_logged():
     with capture_log() as log:
         ok = upgrade_net_as_needed(net, "v0_data.prototxt")
     assert ok is False  # relu1's num_output cannot be carried over
-    assert ("ERROR", "Unknown parameter num_output for layer type relu") in log.messages
+    assert ("ERROR", "Unknown parameter num_output for layer type relu") in log.entries
     assert ("ERROR", "Warning: had one or more problems upgrading V0NetParameter to NetParameter "
-            "(see above); continuing anyway.") in log.messages
+            "(see above); continuing anyway.") in log.entries
     assert net.force_backward is True and not net.HasField("state")
     by_name = {layer.name: layer for layer in net.layer}
     data = by_name["data"]
@@ -97,7 +97,7 @@ def test_data_transformation_fields_move_to_transform_param():
     with capture_log() as log:
         upgrade_net(net, "n.prototxt")
     assert ("INFO", "Attempting to upgrade input file specified using deprecated transformation "
-            "parameters: n.prototxt") in log.messages
+            "parameters: n.prototxt") in log.entries
     d, i, w, plain = net.layer
     assert (d.transform_param.scale, d.transform_param.mean_file, d.transform_param.crop_size,
             d.transform_param.mirror) == (0.5, "m", 3, True)
@@ -154,7 +154,7 @@ def test_v1_log_lines_match_real_caffe(monkeypatch):
     with capture_log() as log:
         read_net_param("models/lenet_v1/lenet_train_test.prototxt")
         read_weights("models/lenet_v1/lenet_iter_10000.caffemodel")
-    assert [m for _, m in log.messages] == caffe_lines
+    assert [m for _, m in log.entries] == caffe_lines
 
 
 # --- input fields, BatchNorm -----------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_current_nets_need_no_upgrade():
     before = net.SerializeToString()
     with capture_log() as log:
         assert upgrade_net_as_needed(net) is True
-    assert net.SerializeToString() == before and log.messages == []
+    assert net.SerializeToString() == before and log.entries == []
 
 
 # --- solver --------------------------------------------------------------------------------

@@ -3,16 +3,7 @@
 # weights with examples/squeezenet/solver_finetune.prototxt (Adam, 2000 iterations of 32 x 32
 # images, a snapshot examples/squeezenet/squeezenet_iter_N.caffemodel every 100 iterations).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# Paths are relative to the root folder, as in Ristretto (whose scripts run from Caffe's root):
-# the repository by default, or ROOT=/path for a copy laid out the same way.
-cd "${ROOT:-$here/../..}"
-# The tool: RISTRETTO=/path/to/ristretto, else the repository's .venv, else `ristretto` on PATH.
-RISTRETTO="${RISTRETTO:-$here/../../.venv/bin/ristretto}"
-if [ ! -x "$RISTRETTO" ]; then
-	RISTRETTO="$(command -v ristretto)" || { echo "$0: ristretto not found; do the README's set-up" >&2; exit 1; }
-fi
-need() { [ -e "$1" ] || { echo "$0: $(pwd)/$1 is missing: $2 (see examples/squeezenet/README.md)" >&2; exit 1; }; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 need examples/squeezenet/quantized.prototxt "the quantized net: run 00_quantize_squeezenet.sh first"
 need examples/squeezenet/squeezenet_v1.0.caffemodel "the float SqueezeNet v1.0 weights"
 need examples/imagenet/ilsvrc12_train_lmdb "the ImageNet training LMDB"

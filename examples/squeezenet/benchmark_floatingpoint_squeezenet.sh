@@ -2,16 +2,7 @@
 # Ristretto's SqueezeNet demo: score the 32-bit float SqueezeNet v1.0 on the validation set,
 # the baseline of the quantized one. ITERATIONS: batches of 25 (default 2000).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# Paths are relative to the root folder, as in Ristretto (whose scripts run from Caffe's root):
-# the repository by default, or ROOT=/path for a copy laid out the same way.
-cd "${ROOT:-$here/../..}"
-# The tool: RISTRETTO=/path/to/ristretto, else the repository's .venv, else `ristretto` on PATH.
-RISTRETTO="${RISTRETTO:-$here/../../.venv/bin/ristretto}"
-if [ ! -x "$RISTRETTO" ]; then
-	RISTRETTO="$(command -v ristretto)" || { echo "$0: ristretto not found; do the README's set-up" >&2; exit 1; }
-fi
-need() { [ -e "$1" ] || { echo "$0: $(pwd)/$1 is missing: $2 (see examples/squeezenet/README.md)" >&2; exit 1; }; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ITERATIONS="${ITERATIONS:-2000}"
 need examples/squeezenet/squeezenet_v1.0.caffemodel "the float SqueezeNet v1.0 weights"
 need examples/imagenet/ilsvrc12_val_lmdb "the ImageNet validation LMDB"
