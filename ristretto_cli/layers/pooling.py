@@ -1,5 +1,7 @@
-"""Pooling (MAX, AVE, STOCHASTIC) over 4-D blobs, vectorised with one strided slice per
-kernel offset (``kernel_h * kernel_w`` whole-array operations, no per-pixel loops).
+"""Pooling (MAX, AVE, STOCHASTIC) over 4-D blobs, vectorised with one slice per kernel
+offset (``kernel_h * kernel_w`` whole-array operations, no per-pixel loops). MAX and AVE read
+the input split into stride phases, where every offset's slice is contiguous (see
+``PoolGeometry``, "phase layout"), block by block of planes.
 
 Numerics follow Caffe's CPU code: MAX scans each window row-major and replaces only on a
 strictly greater value (ties keep the first element, NaN never wins, padding never wins);
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ristretto_cli.layers.base import TRAIN, Layer
+from ristretto_cli.layers.im2col import axis_phases, scratch
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
 
@@ -82,6 +85,95 @@ class PoolGeometry:
         out[..., self.pad[0]:self.pad[0] + self.size[0], self.pad[1]:self.pad[1] + self.size[1]] = x
         return out
 
+    # -- phase layout -------------------------------------------------------------------
+    # Window views of a strided pooling are strided in the innermost axis, where NumPy is
+    # an order of magnitude slower than on contiguous runs. The padded input is therefore
+    # split into stride phases, ``phase (a, b)[r, c] = padded[r * sh + a, c * sw + b]`` on a
+    # grid of ``(PH + (kh-1)//sh, PW + (kw-1)//sw)`` cells per plane; kernel offset (i, j)
+    # then reads phase ``(i % sh, j % sw)`` shifted by ``(i // sh, j // sw)`` cells, which
+    # is one contiguous slice of the flattened phase. Results land on the same grid (the
+    # cells past PH/PW hold values of no window and are cut off at the end). Everything is
+    # done block by block of planes, so that each block's passes run in the cache.
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(o + (k - 1) // s for o, k, s in zip(self.pooled, self.kernel, self.stride))
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def phase_regions(self):
+        """Per phase (a, b): its grid cells that hold input values, and those input cells:
+        ``(a, b, grid rows, grid cols, input rows, input cols)`` as slices."""
+        rows, cols = (axis_phases(*a) for a in zip(self.size, self.stride, self.pad, self.grid))
+        return [(a, b, gr, gc, xr, xc) for a, (gr, xr) in enumerate(rows)
+                for b, (gc, xc) in enumerate(cols)]
+
+    def flat_offsets(self, reverse: bool = False):
+        """``(o, a, b, shift)`` per kernel offset: its flat index, phase, and flat shift."""
+        sh, sw = self.stride
+        wq = self.grid[1]
+        return [(o, i % sh, j % sw, (i // sh) * wq + j // sw)
+                for o, (i, j) in self.offsets(reverse)]
+
+    def flat_length(self) -> int:
+        """The largest flat shift: the last cells of a plane's grid that no window starts
+        at (all past PH/PW), and that shifted slices of the plane may not reach past."""
+        (kh, kw), (sh, sw), wq = self.kernel, self.stride, self.grid[1]
+        return ((kh - 1) // sh) * wq + (kw - 1) // sw
+
+    def planes(self, a: np.ndarray, pooled: bool = False) -> int:
+        per = _prod(self.pooled if pooled else self.size)
+        return a.size // per if per else 0
+
+    def phases_are_input(self, x: np.ndarray) -> bool:
+        """Stride 1, no padding, no overhang: the input itself is the only phase."""
+        return (self.stride == (1, 1) and self.grid == self.size and self.pad == (0, 0)
+                and x.flags.c_contiguous)
+
+    def fill_phases(self, x3: np.ndarray, q: np.ndarray, b0: int, b1: int, fill: float) -> None:
+        """Phases ``q`` ``(sh, sw, M, hq, wq)`` of planes ``b0:b1`` of ``x3`` ``(M, H, W)``."""
+        hq, wq = self.grid
+        for a, b, gr, gc, xr, xc in self.phase_regions():
+            dst = q[a, b, b0:b1]
+            if gr.stop - gr.start < hq or gc.stop - gc.start < wq:
+                dst[:, :gr.start] = fill
+                dst[:, gr.stop:] = fill
+                dst[:, gr, :gc.start] = fill
+                dst[:, gr, gc.stop:] = fill
+            if gr.stop > gr.start and gc.stop > gc.start:
+                dst[:, gr, gc] = x3[b0:b1, xr, xc]
+
+    def drain_phases(self, q: np.ndarray, o3: np.ndarray, b0: int, b1: int) -> None:
+        """The input cells of phases ``q`` ``(sh, sw, M, hq, wq)`` for planes ``b0:b1`` into
+        ``o3`` ``(M, H, W)``; padding cells are dropped, cells that no window reaches get 0."""
+        regions = self.phase_regions()
+        covered = sum((gr.stop - gr.start) * (gc.stop - gc.start) for _, _, gr, gc, _, _ in regions)
+        if covered < self.size[0] * self.size[1]:
+            o3[b0:b1] = 0     # stride > kernel, FLOOR mode
+        for a, b, gr, gc, xr, xc in regions:
+            if gr.stop > gr.start and gc.stop > gc.start:
+                o3[b0:b1, xr, xc] = q[a, b, b0:b1, gr, gc]
+
+    def put_on_grid(self, a3: np.ndarray, g: np.ndarray, b0: int, b1: int) -> None:
+        """Planes ``b0:b1`` of ``a3`` ``(M, PH, PW)`` onto the grid ``g`` ``(M, hq, wq)``,
+        zeros elsewhere."""
+        ph, pw = self.pooled
+        g[b0:b1, ph:] = 0
+        g[b0:b1, :ph, pw:] = 0
+        g[b0:b1, :ph, :pw] = a3[b0:b1]
+
+    def off_grid(self, g: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+        """The ``(*lead, PH, PW)`` view of the results held on a grid."""
+        hq, wq = self.grid
+        return g.reshape(lead + (hq, wq))[..., :self.pooled[0], :self.pooled[1]]
+
+    def run_blocks(self, m: int, plane_bytes: int, work) -> None:
+        """``work(b0, b1)`` for consecutive blocks of planes of about PHASE_BLOCK_BYTES."""
+        step = max(1, PHASE_BLOCK_BYTES // max(1, plane_bytes))
+        for b0 in range(0, m, step):
+            work(b0, min(b0 + step, m))
+
     @property
     def whole_plane(self) -> bool:
         """One window covering the whole unpadded plane (global pooling)."""
@@ -113,48 +205,155 @@ class PoolGeometry:
         return np.uint8 if n < 255 else np.uint16 if n < 65535 else np.int64
 
 
-def ave_pool_forward(x: np.ndarray, geo: PoolGeometry) -> np.ndarray:
+#: Planes are pooled in blocks of about this many input bytes, so that every pass of a
+#: block (phase split, one per kernel offset, output) runs in the cache.
+PHASE_BLOCK_BYTES = 1 << 21
+
+
+def _lead(a: np.ndarray) -> tuple[int, ...]:
+    return a.shape[:-2]
+
+
+def _prod(values) -> int:
+    n = 1
+    for v in values:
+        n *= int(v)
+    return n
+
+
+def _planes_view(a: np.ndarray, m: int, plane: tuple[int, int]) -> np.ndarray | None:
+    """``a`` as an ``(M, *plane)`` view that writes through, or None if it has no such view."""
+    v = a.view()
+    try:
+        v.shape = (m,) + plane
+    except AttributeError:
+        return None
+    return v
+
+
+def _phases_of(x: np.ndarray, geo: PoolGeometry):
+    """``(x3 (M, H, W), phase array (sh, sw, M, hq, wq), whether it still needs filling)``."""
+    m = geo.planes(x)
+    if geo.phases_are_input(x):
+        return None, x.reshape((1, 1, m) + geo.grid), False
+    q = scratch("pool_phases", (geo.stride[0], geo.stride[1], m) + geo.grid, x.dtype)
+    return x.reshape(m, *geo.size), q, True
+
+
+def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = np.empty(_lead(x) + geo.pooled, x.dtype)
     if geo.whole_plane:
         # cumsum adds sequentially in row-major order, exactly as Caffe's loop does
         flat = x.reshape(x.shape[:-2] + (-1,))
         if not flat.shape[-1]:
             flat = np.zeros(flat.shape[:-1] + (1,), x.dtype)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.cumsum(flat, axis=-1)[..., -1:] / x.dtype.type(geo.size[0] * geo.size[1])
-        return mean.reshape(x.shape[:-2] + (1, 1))
-    xp = geo.pad_array(x, 0)
-    acc = np.zeros(x.shape[:-2] + geo.pooled, x.dtype)
-    for _, offset in geo.offsets():
-        acc += geo.window(xp, offset)
-    with np.errstate(divide="ignore", invalid="ignore"):   # empty CEIL windows, as in Caffe
-        acc /= geo.ave_divisor(x.dtype)
-    return acc
+            np.divide(np.cumsum(flat, axis=-1)[..., -1:], x.dtype.type(geo.size[0] * geo.size[1]),
+                      out=out.reshape(flat.shape[:-1] + (1,)))
+        return out
+    if not x.size:
+        return out
+    x3, q, split = _phases_of(x, geo)
+    m, size, fl = q.shape[2], geo.grid_size, geo.flat_length()
+    flat = q.reshape(q.shape[0], q.shape[1], -1)
+    acc = scratch("pool_grid", (m * size,), x.dtype)
+    divisor = geo.ave_divisor(x.dtype)
+    o3 = _planes_view(out, m, geo.pooled)
+    if o3 is None:      # a non-contiguous top: go through a contiguous copy
+        np.copyto(out, ave_pool_forward(x, geo))
+        return out
+
+    def work(b0: int, b1: int) -> None:
+        if split:
+            geo.fill_phases(x3, q, b0, b1, 0)
+        lo, hi = b0 * size, b1 * size - fl
+        head = acc[lo:hi]
+        acc[b0 * size:b1 * size] = 0
+        for _, a, b, shift in geo.flat_offsets():
+            head += flat[a, b, lo + shift:hi + shift]
+        with np.errstate(divide="ignore", invalid="ignore"):   # empty CEIL windows, as in Caffe
+            np.divide(geo.off_grid(acc[b0 * size:b1 * size], (b1 - b0,)), divisor, out=o3[b0:b1])
+    geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
+    return out
 
 
-def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry) -> np.ndarray:
+def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = np.empty(_lead(dy) + geo.size, dy.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = dy / geo.ave_divisor(dy.dtype)
     if geo.whole_plane:
-        return np.broadcast_to(g, dy.shape[:-2] + geo.size)
-    acc = np.zeros(dy.shape[:-2] + geo.padded, dy.dtype)
-    for _, offset in geo.offsets(reverse=True):
-        geo.window(acc, offset)[...] += g
-    return geo.crop(acc)
+        np.copyto(out, np.broadcast_to(g, dy.shape[:-2] + geo.size))
+        return out
+    if not dy.size:
+        out.fill(0)
+        return out
+    return _scatter(g, None, geo, out)
 
 
-def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry) -> np.ndarray:
-    """Each output's gradient added to the cell its 1-based offset index names (0: nowhere)."""
-    acc = np.zeros(dy.shape[:-2] + geo.padded, dy.dtype)
-    tmp = np.empty_like(dy)
-    for o, offset in geo.offsets(reverse=True):
-        np.multiply(dy, k1 == o + 1, out=tmp)
-        geo.window(acc, offset)[...] += tmp
-    return geo.crop(acc)
+def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """Each output's gradient added to the cell its 1-based offset index names (0: nowhere).
+    ``k1`` is ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid."""
+    if out is None:
+        out = np.empty(_lead(dy) + geo.size, dy.dtype)
+    if not dy.size:
+        out.fill(0)
+        return out
+    return _scatter(dy, k1, geo, out)
 
 
-def max_pool_forward(x: np.ndarray, geo: PoolGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX)."""
+def _scatter(dy: np.ndarray, k1: np.ndarray | None, geo: PoolGeometry, out: np.ndarray) -> np.ndarray:
+    """Adds every output's gradient to the input cells of its window (AVE: ``k1`` None) or to
+    the cell its winner index names, in Caffe's order (reversed offsets, see ``offsets``)."""
+    m, size, fl = geo.planes(dy, pooled=True), geo.grid_size, geo.flat_length()
+    hq, wq = geo.grid
+    dy3 = dy.reshape((m,) + geo.pooled)
+    g = scratch("pool_grid", (m, hq, wq), dy.dtype)
+    gf = g.reshape(-1)
+    if k1 is not None and k1.ndim == 1:
+        kf, k3 = k1, None
+    elif k1 is not None:
+        k3 = k1.reshape((m,) + geo.pooled)
+        kf = scratch("pool_k1", (m * size,), k1.dtype)
+    acc = scratch("pool_phases", (geo.stride[0], geo.stride[1], m, hq, wq), dy.dtype)
+    accf = acc.reshape(geo.stride[0], geo.stride[1], -1)
+    hit = scratch("pool_hit", (m * size,), bool)
+    tmp = scratch("pool_tmp", (m * size,), dy.dtype)
+    o3 = _planes_view(out, m, geo.size)
+    if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
+        np.copyto(out, _scatter(dy, k1, geo, np.empty(out.shape, out.dtype)))
+        return out
+
+    def work(b0: int, b1: int) -> None:
+        geo.put_on_grid(dy3, g, b0, b1)
+        if k1 is not None and k3 is not None:
+            geo.put_on_grid(k3, kf.reshape(m, hq, wq), b0, b1)
+        acc[:, :, b0:b1] = 0
+        lo, hi = b0 * size, b1 * size - fl
+        for o, a, b, shift in geo.flat_offsets(reverse=True):
+            if k1 is None:
+                accf[a, b, lo + shift:hi + shift] += gf[lo:hi]
+            else:
+                np.equal(kf[lo:hi], o + 1, out=hit[lo:hi])
+                np.multiply(gf[lo:hi], hit[lo:hi], out=tmp[lo:hi])
+                accf[a, b, lo + shift:hi + shift] += tmp[lo:hi]
+        geo.drain_phases(acc, o3, b0, b1)
+    geo.run_blocks(m, _prod(geo.size) * dy.itemsize, work)
+    return out
+
+
+def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None,
+                     k1_grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX).
+
+    The indices come as a flat grid (see ``PoolGeometry.grid``; ``off_grid`` gives the
+    ``(..., PH, PW)`` view), written into ``k1_grid`` when it has the right size and type.
+    Global pooling returns them as ``(..., 1, 1)``."""
     out_shape = x.shape[:-2] + geo.pooled
+    if out is None:
+        out = np.empty(out_shape, x.dtype)
     if geo.whole_plane:
         # Global pooling: one window = the whole plane; argmax keeps the first maximum.
         flat = x.reshape(x.shape[:-2] + (-1,))
@@ -166,25 +365,46 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry) -> tuple[np.ndarray, np.n
         empty = ~(best > -FLT_MAX)
         best[empty] = -FLT_MAX
         k1 = np.where(empty, 0, k + 1)
-        return best.reshape(out_shape), k1.reshape(out_shape)
+        out[...] = best.reshape(out_shape)
+        return out, k1.reshape(out_shape)
     # Branch-free updates (data-dependent masked copies are several times slower):
     # ``fmax`` ignores NaN, and the -inf padding never beats the -FLT_MAX start, so the
     # values equal Caffe's strict ">" scan (up to the sign of a zero maximum when +0 and -0
     # tie); offsets grow, so the winner is the last offset
     # that was strictly greater: k1 = max(k1, (v > best) * (o + 1)).
-    xp = geo.pad_array(x, -np.inf)
-    best = np.full(out_shape, -FLT_MAX, x.dtype)
     kdt = geo.offset_dtype()
-    k1 = np.zeros(out_shape, kdt)
-    greater = np.empty(out_shape, bool)
-    tmp = np.empty(out_shape, kdt)
-    for o, offset in geo.offsets():
-        v = geo.window(xp, offset)
-        np.greater(v, best, out=greater)
-        np.fmax(best, v, out=best)
-        np.multiply(greater, kdt(o + 1), out=tmp)
-        np.maximum(k1, tmp, out=k1)
-    return best, k1
+    if not x.size:
+        return out, np.zeros(0, kdt)
+    x3, q, split = _phases_of(x, geo)
+    m, size, fl = q.shape[2], geo.grid_size, geo.flat_length()
+    flat = q.reshape(q.shape[0], q.shape[1], -1)
+    if k1_grid is None or k1_grid.shape != (m * size,) or k1_grid.dtype != kdt:
+        k1_grid = np.empty(m * size, kdt)
+    best = scratch("pool_grid", (m * size,), x.dtype)
+    greater = scratch("pool_hit", (m * size,), bool)
+    tmp = scratch("pool_tmp", (m * size,), kdt)
+    o3 = _planes_view(out, m, geo.pooled)
+    if o3 is None:      # a non-contiguous top: go through a contiguous copy
+        y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid)
+        np.copyto(out, y)
+        return out, k1_grid
+
+    def work(b0: int, b1: int) -> None:
+        if split:
+            geo.fill_phases(x3, q, b0, b1, -np.inf)
+        k1_grid[b0 * size:b1 * size] = 0
+        lo, hi = b0 * size, b1 * size - fl
+        bv, kv, gv, tv = best[lo:hi], k1_grid[lo:hi], greater[lo:hi], tmp[lo:hi]
+        bv.fill(-FLT_MAX)
+        for o, a, b, shift in geo.flat_offsets():
+            v = flat[a, b, lo + shift:hi + shift]
+            np.greater(v, bv, out=gv)
+            np.fmax(v, bv, out=bv)      # on ties the first winner stays, as in Caffe
+            np.multiply(gv, kdt(o + 1), out=tv)
+            np.maximum(kv, tv, out=kv)
+        np.copyto(o3[b0:b1], geo.off_grid(best[b0 * size:b1 * size], (b1 - b0,)))
+    geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
+    return out, k1_grid
 
 
 def _windows(x: np.ndarray, geo: PoolGeometry) -> np.ndarray:
@@ -247,6 +467,7 @@ class PoolingLayer(Layer):
                 raise self.error("pad must be smaller than the kernel")
         self.pool = p.pool
         self.ceil_mode = p.round_mode == CEIL
+        self._k1_buffer = None
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -269,16 +490,20 @@ class PoolingLayer(Layer):
         x, geo = bottom[0].data, self.geometry
         self._k1 = None     # winners (MAX, STOCHASTIC TRAIN): 1-based offset index, 0 = none
         if self.pool == MAX:
-            y, self._k1 = max_pool_forward(x, geo)
+            # The winners' grid is kept for the backward; its memory is reused.
+            _, self._k1 = max_pool_forward(x, geo, out=top[0].data, k1_grid=self._k1_buffer)
+            if self._k1.ndim == 1:
+                self._k1_buffer = self._k1
             if len(top) > 1:
-                top[1].data[...] = geo.plane_index(self._k1)
+                top[1].data[...] = geo.plane_index(self._k1 if geo.whole_plane
+                                                   else geo.off_grid(self._k1, x.shape[:-2]))
         elif self.pool == AVE:
-            y = ave_pool_forward(x, geo)
+            ave_pool_forward(x, geo, out=top[0].data)
         elif self.phase == TRAIN:
             y, self._k1 = self._stochastic_train(x, geo)
+            top[0].data[...] = y
         else:
-            y = self._stochastic_test(x, geo)
-        top[0].data[...] = y
+            top[0].data[...] = self._stochastic_test(x, geo)
 
     def _stochastic_train(self, x, geo):
         win = _windows(x, geo)
@@ -317,16 +542,17 @@ class PoolingLayer(Layer):
             return
         dy, geo = top[0].diff, self.geometry
         if self.pool == AVE:
-            dx = ave_pool_backward(dy, geo)
-        elif self._k1 is not None:
-            if geo.whole_plane and self.pool == MAX:
-                dx = np.zeros(bottom[0].shape, dy.dtype)
-                flat = dx.reshape(dx.shape[:2] + (-1,))
-                k1 = self._k1.reshape(flat.shape[:2] + (1,)).astype(np.int64)
-                np.put_along_axis(flat, np.maximum(k1 - 1, 0), np.where(k1 > 0, dy.reshape(k1.shape), 0),
-                                  axis=-1)
-            else:
-                dx = route_backward(dy, self._k1, geo)
+            ave_pool_backward(dy, geo, out=bottom[0].diff)
+            return
+        if self._k1 is not None and not (geo.whole_plane and self.pool == MAX):
+            route_backward(dy, self._k1, geo, out=bottom[0].diff)
+            return
+        if self._k1 is not None:
+            dx = np.zeros(bottom[0].shape, dy.dtype)
+            flat = dx.reshape(dx.shape[:2] + (-1,))
+            k1 = self._k1.reshape(flat.shape[:2] + (1,)).astype(np.int64)
+            np.put_along_axis(flat, np.maximum(k1 - 1, 0), np.where(k1 > 0, dy.reshape(k1.shape), 0),
+                              axis=-1)
         else:
             dx = self._stochastic_test_backward(bottom[0].data, top[0].data, dy, geo)
         bottom[0].diff[...] = dx

@@ -31,15 +31,7 @@ Example::
     ('DFP(8,4)', -8.0, 7.9375)
 """
 
-from .formats import (
-    ROUNDINGS,
-    SEMANTICS,
-    DynamicFixedPoint,
-    Minifloat,
-    PowerOfTwo,
-    trim_dfp,
-    trim_minifloat,
-    trim_pow2,
-)
+from . import formats
+from .formats import *  # noqa: F403  (the public names: formats.__all__)
 
-from .formats import __all__  # noqa: E402,F401  (the public names are formats.py's)
+__all__ = list(formats.__all__)

@@ -1,0 +1,508 @@
+"""Layer-engine speed against PyTorch (CPU) on four real Caffe networks.
+
+For LeNet (batch 64), CIFAR-10 quick (100), CaffeNet (10) and SqueezeNet 1.0 (10) this builds
+our Net from the prototxt and a PyTorch network translated layer by layer from the same Net
+(convolution, Caffe's ceil-mode pooling, LRN, ReLU, dropout, concat, inner product, softmax)
+with the same random weights, and times in the same process:
+
+* ``fwd``: inference. Our TEST-phase net (dropout is the identity) against the PyTorch net in
+  eval mode under ``torch.inference_mode()``.
+* ``fwd+bwd``: our TRAIN-phase net with ``force_backward`` (every layer runs backward: the
+  input gradient of every layer, the first included, and all parameter gradients) against
+  the PyTorch net in train mode (dropout active), input ``requires_grad``, ``backward`` with
+  the same random gradient on the output. Parameter gradients are reset outside the timed
+  region on both sides.
+
+Each measurement alternates one repetition of ours with one of PyTorch's (in swapped order
+every other time), so that load from other processes on a shared machine hits both; the
+table shows the minimum per side and ``ours/torch`` as the ratio of the minima (``med`` is
+the ratio of the medians, for the noise). Both sides are limited alike to 1 and to 2 threads
+(threadpoolctl for the BLAS, ``torch.set_num_threads``). A pair of repetitions during which
+other processes used CPU time that our threads needed (from /proc/stat) is redone, within
+``--patience`` seconds per measurement; the table flags what was kept under load. With
+several threads each timed call starts after a short pause (``--settle``), so that neither
+library's idle worker threads, which spin for a while after a call, take the CPUs from the
+other's next call.
+
+It also measures the machine's float32 GEMM rate (a large square ``numpy.matmul``) and the
+fraction of it that our convolution and inner-product FLOPs achieve per pass (a backward pass
+is counted as twice the forward FLOPs). A report, not a test:
+
+    .venv/bin/python benchmarks/bench_layers.py [--quick] [--reps N] [--threads 1,2]
+                        [--nets lenet,caffenet] [--patience S] [--settle S] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("RISTRETTO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+NETS = {
+    "lenet": ("LeNet", "models/lenet/lenet.prototxt", 64),
+    "cifar10": ("CIFAR-10 quick", "models/cifar10_quick/cifar10_quick.prototxt", 100),
+    "caffenet": ("CaffeNet", "prototxt/bvlc_reference_caffenet/deploy.prototxt", 10),
+    "squeezenet": ("SqueezeNet 1.0", "prototxt/squeezenet_v1.0/deploy.prototxt", 10),
+}
+CONV_HEAVY = ("caffenet", "squeezenet")
+TARGET_RATIO = 1.25
+TARGET_GEMM_FRACTION = 0.5
+
+
+# ----------------------------------------------------------------------------- our nets
+def build_ours(path: Path, batch: int, phase: int):
+    from ristretto_cli.io import read_net_param
+    from ristretto_cli.net import Net
+    param = read_net_param(path)
+    param.force_backward = True
+    for lp in param.layer:
+        if lp.type == "Input":
+            for shape in lp.input_param.shape:
+                shape.dim[0] = batch
+    return Net(param, phase, seed=0)
+
+
+def randomise_weights(net, rng: np.random.Generator) -> None:
+    """He-scaled Gaussian weights and small biases: activations stay in a normal range through
+    deep nets (deploy prototxts have no fillers, and all-zero weights would be unrealistic)."""
+    for layer in net.layers:
+        if not layer.blobs:
+            continue
+        w = layer.blobs[0].data
+        fan_in = w.size // w.shape[0]
+        w[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        for b in layer.blobs[1:]:
+            b.data[...] = rng.uniform(-0.05, 0.05, b.data.shape).astype(np.float32)
+
+
+def share_weights(dst, src) -> None:
+    for a, b in zip(src.layers, dst.layers):
+        for pa, pb in zip(a.blobs, b.blobs):
+            pb.data[...] = pa.data
+
+
+def gemm_flops(net) -> int:
+    """Multiply-adds x 2 of every Convolution and InnerProduct layer's forward."""
+    total = 0
+    for layer, tops in zip(net.layers, net.top_vecs):
+        if layer.type == "Convolution":
+            w = layer.blobs[0].data
+            total += 2 * tops[0].count * (w.size // w.shape[0])
+        elif layer.type == "InnerProduct":
+            total += 2 * layer.m * layer.k * layer.num_output
+    return total
+
+
+# ----------------------------------------------------------------------------- PyTorch twin
+def _torch_op(layer, bottoms: list[str], tops: list[str], param_of):
+    """The PyTorch function computing ``layer`` (tensors in, tensor out), or a
+    ``("dropout", ratio)`` marker (dropout follows the module's training flag)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ristretto_cli.proto import caffe_pb2
+
+    t, lp = layer.type, layer.param
+    if t == "Convolution":
+        w = param_of(layer.blobs[0])
+        b = param_of(layer.blobs[1]) if layer.bias_term else None
+        stride, pad, dilation, group = layer.stride, layer.pad, layer.dilation, layer.group
+
+        def conv(x):
+            return F.conv2d(x, w, b, stride, pad, dilation, group)
+        return conv
+    if t == "InnerProduct":
+        w = param_of(layer.blobs[0])
+        b = param_of(layer.blobs[1]) if layer.bias_term else None
+
+        def linear(x):
+            return F.linear(x.flatten(1), w, b)
+        return linear
+    if t == "Pooling":
+        pp = lp.pooling_param
+        kernel, stride, pad = layer.kernel, layer.stride, layer.pad
+        if layer.global_pooling:
+            reduce = F.adaptive_max_pool2d if pp.pool == pp.MAX else F.adaptive_avg_pool2d
+
+            def global_pool(x):
+                return reduce(x, 1)
+            return global_pool
+        if pp.pool == pp.MAX:
+            def max_pool(x):
+                return F.max_pool2d(x, kernel, stride, pad, ceil_mode=True)
+            return max_pool
+        if pp.pool == pp.AVE:
+            def ave_pool(x):
+                return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=True, count_include_pad=True)
+            return ave_pool
+    if t == "ReLU" and not lp.relu_param.negative_slope:
+        inplace = bottoms[0] == tops[0]   # as in Caffe (a conv/fc backward needs no output)
+
+        def relu(x):
+            return F.relu(x, inplace=inplace)
+        return relu
+    if t == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+        size, alpha, beta, k = layer.size, layer.alpha, layer.beta, layer.k
+
+        def lrn(x):
+            return F.local_response_norm(x, size, alpha, beta, k)
+        return lrn
+    if t == "Dropout":
+        return ("dropout", lp.dropout_param.dropout_ratio)
+    if t == "Softmax" and lp.softmax_param.axis == 1:
+        def softmax(x):
+            return F.softmax(x, dim=1)
+        return softmax
+    if t == "Concat":
+        axis = lp.concat_param.axis
+
+        def concat(*xs):
+            return torch.cat(xs, axis)
+        return concat
+    raise NotImplementedError(f"no PyTorch twin for layer {layer.name} ({t})")
+
+
+def torch_twin(net):
+    """A torch.nn.Module running ``net``'s layers in order on torch tensors, with copies of
+    its weights; the output is the net's single output blob."""
+    import torch
+    import torch.nn.functional as F
+
+    ops = []          # (function, bottom names, top name)
+    params = torch.nn.ParameterList()
+
+    def param_of(blob):
+        params.append(torch.nn.Parameter(torch.from_numpy(blob.data.copy())))
+        return params[-1]
+
+    for layer in net.layers:
+        bottoms, tops = list(layer.param.bottom), list(layer.param.top)
+        if layer.type == "Input":
+            continue
+        if layer.type == "Split":      # the same tensor twice: autograd sums the gradients
+            ops.extend((None, bottoms, top) for top in tops)
+            continue
+        ops.append((_torch_op(layer, bottoms, tops, param_of), bottoms, tops[0]))
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.params = params
+            self.input_name = net.input_names[0]
+            self.output_name = net.output_names[0]
+
+        def forward(self, x):
+            blobs = {self.input_name: x}
+            for fn, bottoms, top in ops:
+                if fn is None:
+                    blobs[top] = blobs[bottoms[0]]
+                elif isinstance(fn, tuple):
+                    blobs[top] = F.dropout(blobs[bottoms[0]], fn[1], self.training)
+                else:
+                    blobs[top] = fn(*(blobs[b] for b in bottoms))
+            return blobs[self.output_name]
+
+    return Twin()
+
+
+# ----------------------------------------------------------------------------- timing
+class Case:
+    """One network, both implementations, ready to run forward or forward+backward."""
+
+    def __init__(self, key: str):
+        import torch
+
+        from ristretto_cli.net import TEST, TRAIN
+        self.key = key
+        self.title, rel, self.batch = NETS[key]
+        path = SHARED / rel
+        self.test_net = build_ours(path, self.batch, TEST)
+        self.train_net = build_ours(path, self.batch, TRAIN)
+        rng = np.random.default_rng(0)
+        randomise_weights(self.test_net, rng)
+        share_weights(self.train_net, self.test_net)
+        self.torch_net = torch_twin(self.test_net)
+        name = self.test_net.input_names[0]
+        shape = self.test_net.blobs[name].shape
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for net in (self.test_net, self.train_net):
+            net.blobs[name].data[...] = x
+        self.x = torch.from_numpy(x.copy())
+        self.x_grad = self.x.clone().requires_grad_(True)
+        out = self.test_net.output_names[0]
+        self.out = out
+        self.dy = rng.standard_normal(self.test_net.blobs[out].shape, dtype=np.float32)
+        self.dy_t = torch.from_numpy(self.dy.copy())
+        self.flops = gemm_flops(self.test_net)
+        self.check = self._check()
+
+    def _check(self) -> float:
+        """Largest |ours - torch| of the inference outputs relative to the largest |output|:
+        evidence that the two nets compute the same function."""
+        import torch
+        self.test_net.forward()
+        self.torch_net.eval()
+        with torch.inference_mode():
+            ref = self.torch_net(self.x).numpy()
+        ours = self.test_net.blobs[self.out].data
+        if ours.shape != ref.shape:
+            raise RuntimeError(f"{self.title}: output shapes differ: {ours.shape} vs {ref.shape}")
+        return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+    # -- single repetitions, each returning seconds
+    def ours_fwd(self) -> float:
+        t0 = time.perf_counter()
+        self.test_net.forward()
+        return time.perf_counter() - t0
+
+    def ours_fwdbwd(self) -> float:
+        net = self.train_net
+        net.clear_param_diffs()
+        net.blobs[self.out].diff[...] = self.dy
+        t0 = time.perf_counter()
+        net.forward()
+        net.blobs[self.out].diff[...] = self.dy
+        net.backward()
+        return time.perf_counter() - t0
+
+    def torch_fwd(self) -> float:
+        import torch
+        self.torch_net.eval()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.torch_net(self.x)
+            return time.perf_counter() - t0
+
+    def torch_fwdbwd(self) -> float:
+        self.torch_net.train()
+        self.torch_net.zero_grad(set_to_none=True)
+        self.x_grad.grad = None
+        t0 = time.perf_counter()
+        y = self.torch_net(self.x_grad)
+        y.backward(self.dy_t)
+        return time.perf_counter() - t0
+
+
+class LoadMonitor:
+    """CPU time that *other* processes used during a measurement: all CPUs' busy time from
+    /proc/stat minus this process's own CPU time. On a shared machine a repetition during
+    which others were busy is timed against a partly taken machine, so it is redone."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = self._busy() is not None
+        self.rejected = 0
+        self.spare = 0.0     # CPUs that others may use without taking ours (set per thread count)
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)   # minus idle, iowait
+
+    def start(self):
+        return (self._busy(), time.process_time(), time.perf_counter())
+
+    def disturbed(self, mark, limit: float = 0.15) -> bool:
+        """True when other processes used more than the spare CPUs plus ``limit`` of one CPU
+        since ``mark`` (plus two clock ticks of slack: /proc/stat counts in ticks)."""
+        if not self.available:
+            return False
+        busy0, cpu0, t0 = mark
+        others = (self._busy() - busy0) / self.hz - (time.process_time() - cpu0)
+        return others > (self.spare + limit) * (time.perf_counter() - t0) + 2 / self.hz
+
+
+def interleaved(ours, theirs, reps: int, monitor: LoadMonitor, patience: float, settle: float,
+                warmup: int = 2) -> tuple[list[float], list[float], int]:
+    """``reps`` timings of each, alternating which goes first. A pair during which other
+    processes were busy is redone after a pause, for up to ``patience`` seconds; after that
+    pairs are kept as they come. Returns the timings and how many kept pairs were disturbed.
+
+    ``settle`` seconds pass before each timed call: after a parallel call, OpenBLAS's and
+    OpenMP's worker threads keep spinning for a while (about 0.1 s for OpenBLAS), and on a
+    machine with few cores they would take the CPUs from the other side's next call."""
+    def timed(fn):
+        if settle:
+            time.sleep(settle)
+        return fn()
+
+    for _ in range(warmup):
+        ours()
+        theirs()
+    a, b = [], []
+    deadline = time.perf_counter() + patience
+    disturbed = 0
+    while len(a) < reps:
+        mark = monitor.start()
+        if len(a) % 2:
+            tb, ta = timed(theirs), timed(ours)
+        else:
+            ta, tb = timed(ours), timed(theirs)
+        if monitor.disturbed(mark):
+            if time.perf_counter() < deadline:
+                monitor.rejected += 1
+                time.sleep(0.5)
+                continue
+            disturbed += 1
+        a.append(ta)
+        b.append(tb)
+    return a, b, disturbed
+
+
+def gemm_gflops(reps: int, monitor: LoadMonitor, patience: float, n: int = 2048) -> float:
+    """Best float32 GEMM rate of numpy's BLAS (n x n times n x n), preferring runs that other
+    processes did not disturb (see ``interleaved``)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    times = []
+    deadline = time.perf_counter() + patience
+    while len(times) < reps:
+        mark = monitor.start()
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        t = time.perf_counter() - t0
+        if monitor.disturbed(mark) and time.perf_counter() < deadline:
+            time.sleep(0.5)
+            continue
+        times.append(t)
+    return 2.0 * n ** 3 / min(times) / 1e9
+
+
+def measure(cases: list[Case], threads: int, reps: int, monitor: LoadMonitor,
+            patience: float, settle: float) -> dict:
+    import torch
+    from threadpoolctl import threadpool_limits
+    torch.set_num_threads(threads)
+    result = {"threads": threads, "nets": {}}
+    rejected = monitor.rejected
+    monitor.spare = max(0, (os.cpu_count() or threads) - threads)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        gemm = gemm_gflops(max(3, reps // 2), monitor, patience)
+        for case in cases:
+            entry = {"batch": case.batch, "gemm_gflop_per_fwd": case.flops / 1e9,
+                     "max_rel_diff": case.check}
+            for mode, ours, theirs, flops in (
+                    ("fwd", case.ours_fwd, case.torch_fwd, case.flops),
+                    ("fwd+bwd", case.ours_fwdbwd, case.torch_fwdbwd, 3 * case.flops)):
+                a, b, disturbed = interleaved(ours, theirs, reps, monitor, patience,
+                                              settle if threads > 1 else 0.0)
+                entry[mode] = {
+                    "ours_ms": min(a) * 1e3, "torch_ms": min(b) * 1e3,
+                    "ours_median_ms": statistics.median(a) * 1e3,
+                    "torch_median_ms": statistics.median(b) * 1e3,
+                    "ratio": min(a) / min(b),
+                    "median_ratio": statistics.median(a) / statistics.median(b),
+                    "disturbed_pairs": disturbed,
+                    "ours_gflops": flops / min(a) / 1e9,
+                    "torch_gflops": flops / min(b) / 1e9,
+                }
+            result["nets"][case.key] = entry
+        # measured again at the end: the better of the two is the machine's rate
+        result["gemm_gflops"] = max(gemm, gemm_gflops(max(3, reps // 2), monitor, patience))
+    for entry in result["nets"].values():
+        for mode in ("fwd", "fwd+bwd"):
+            m = entry[mode]
+            m["ours_gemm_fraction"] = m["ours_gflops"] / result["gemm_gflops"]
+            m["torch_gemm_fraction"] = m["torch_gflops"] / result["gemm_gflops"]
+    result["rejected_repetitions"] = monitor.rejected - rejected
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+def print_table(res: dict, cases: list[Case]) -> list[str]:
+    """Prints one thread count's table; returns the missed targets."""
+    missed = []
+    print(f"\n{res['threads']} thread(s): float32 GEMM {res['gemm_gflops']:.1f} GFLOP/s; "
+          f"{res['rejected_repetitions']} repetition pair(s) redone because other processes "
+          f"were busy meanwhile")
+    head = (f"{'net':<15}{'batch':>6}  {'mode':<8}{'ours ms':>10}{'torch ms':>10}"
+            f"{'ours/torch':>11}{'med':>6}{'GEMM %':>8}{'torch %':>8}")
+    print(head)
+    print("-" * len(head))
+    for case in cases:
+        entry = res["nets"][case.key]
+        for mode in ("fwd", "fwd+bwd"):
+            m = entry[mode]
+            flag = "" if m["ratio"] <= TARGET_RATIO else "  > target"
+            if m["disturbed_pairs"]:
+                flag += f"  ({m['disturbed_pairs']} pair(s) under load)"
+            print(f"{case.title:<15}{case.batch:>6}  {mode:<8}{m['ours_ms']:>10.2f}{m['torch_ms']:>10.2f}"
+                  f"{m['ratio']:>10.2f}x{m['median_ratio']:>5.2f}x"
+                  f"{100 * m['ours_gemm_fraction']:>7.0f}%{100 * m['torch_gemm_fraction']:>7.0f}%{flag}")
+            if m["ratio"] > TARGET_RATIO:
+                missed.append(f"{case.title} {mode} at {res['threads']} thread(s): {m['ratio']:.2f}x")
+            if case.key in CONV_HEAVY and m["ours_gemm_fraction"] < TARGET_GEMM_FRACTION:
+                missed.append(f"{case.title} {mode} at {res['threads']} thread(s): "
+                              f"{100 * m['ours_gemm_fraction']:.0f}% of GEMM")
+    return missed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 15, quick 5)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--nets", default=",".join(NETS), help=f"subset of {','.join(NETS)}")
+    ap.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    ap.add_argument("--patience", type=float, default=None,
+                    help="seconds per measurement to wait out other processes' load (default 20, quick 5)")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="pause in seconds before each timed call with several threads (default 0.25)")
+    args = ap.parse_args(argv)
+    if args.patience is None:
+        args.patience = 5.0 if args.quick else 20.0
+    try:
+        import threadpoolctl  # noqa: F401
+        import torch
+    except ImportError as exc:
+        print(f"bench_layers needs torch and threadpoolctl ({exc}); skipped")
+        return 0
+    reps = args.reps or (5 if args.quick else 15)
+    keys = [k.strip() for k in args.nets.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in NETS]
+    if unknown:
+        ap.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(NETS)}")
+    threads = [int(t) for t in args.threads.split(",")]
+
+    print(f"bench_layers: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"numpy {np.__version__}, torch {torch.__version__}, {reps} repetitions per side")
+    cases = [Case(k) for k in keys]
+    for case in cases:
+        print(f"  {case.title}: {case.flops / 1e9:.3f} GFLOP conv+fc per forward, outputs match "
+              f"PyTorch to {case.check:.1e} (max |diff| / max |output|)")
+    monitor = LoadMonitor()
+    results = [measure(cases, t, reps, monitor, args.patience, args.settle) for t in threads]
+    missed = []
+    for res in results:
+        missed += print_table(res, cases)
+    print(f"\nratio = min ours / min torch over {reps} interleaved repetitions (med: medians); "
+          f"GEMM % = conv+fc FLOPs / time / GEMM rate (backward counted as 2x forward)")
+    print(f"targets: ours/torch <= {TARGET_RATIO} everywhere; >= {100 * TARGET_GEMM_FRACTION:.0f}% "
+          f"of GEMM for {', '.join(NETS[k][0] for k in CONV_HEAVY)}")
+    print("all targets met" if not missed else "missed: " + "; ".join(missed))
+    if args.json:
+        args.json.write_text(json.dumps({"reps": reps, "results": results,
+                                         "targets_met": not missed, "missed": missed}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
