@@ -189,6 +189,12 @@ class BaseConvolutionLayer(Layer):
             t.reshape(top_shape)
 
     # ----------------------------------------------------------------- hooks
+    #: Per-chunk hooks, called on each batch chunk while it is in cache: ``chunk_input(xc)``
+    #: on the bottom before it is used, ``chunk_output(yc)`` on the top after the bias. None
+    #: in plain layers; Ristretto's layers trim activations through them.
+    chunk_input = None
+    chunk_output = None
+
     def forward_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The weight and bias arrays the forward GEMMs use (Ristretto substitutes trimmed
         copies); the weights are kept for the backward pass's bottom gradient."""
@@ -254,9 +260,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
         cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
         wg = w.reshape(g_, og, kg)
         step = self._chunk(max(c * geo.kernel_size, o), p)
+        chunk_input, chunk_output = self.chunk_input, self.chunk_output
         for n0 in range(0, self.num, step):
             xc, yc = x[n0:n0 + step], y[n0:n0 + step]
             n = xc.shape[0]
+            if chunk_input is not None:
+                chunk_input(xc)
             if geo.pointwise:
                 # The input is the column buffer: a batched GEMM straight into the top.
                 xc = xc.reshape(n, c, p)
@@ -264,13 +273,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     np.matmul(wg[g], xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
                 if bias is not None:
                     yc += bias
-                continue
-            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
-            col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
-            res = scratch("gemm", (o, n * p), x.dtype)
-            for g in range(g_):
-                np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * og:(g + 1) * og])
-            self._store(yc, from_cols(res, n, (p,), bi), bias)
+            else:
+                bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+                col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
+                res = scratch("gemm", (o, n * p), x.dtype)
+                for g in range(g_):
+                    np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * og:(g + 1) * og])
+                self._store(yc, from_cols(res, n, (p,), bi), bias)
+            if chunk_output is not None:
+                chunk_output(yc)
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group
@@ -359,23 +370,28 @@ class DeconvolutionLayer(BaseConvolutionLayer):
         cg, og, kg = c // g_, o // g_, (o // g_) * geo.kernel_size
         wg = w.reshape(g_, cg, kg)
         step = self._chunk(max(o * geo.kernel_size, c), p)
+        chunk_input, chunk_output = self.chunk_input, self.chunk_output
         for n0 in range(0, self.num, step):
             xc, yc = x[n0:n0 + step], y[n0:n0 + step]
             n = xc.shape[0]
+            if chunk_input is not None:
+                chunk_input(xc)
             if geo.pointwise:
                 xc = xc.reshape(n, c, p)
                 for g in range(g_):
                     np.matmul(wg[g].T, xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
                 if bias is not None:
                     yc += bias
-                continue
-            bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
-            xt = _cols(xc, bi, "gemm")
-            col = scratch("col", (o * geo.kernel_size, n * p), x.dtype)
-            for g in range(g_):
-                np.matmul(wg[g].T, xt[g * cg:(g + 1) * cg], out=col[g * kg:(g + 1) * kg])
-            self._store(yc.reshape((n, o) + geo.image), col2im(col, geo, n, o, bi),
-                        None if bias is None else bias.reshape((o,) + (1,) * len(geo.image)))
+            else:
+                bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+                xt = _cols(xc, bi, "gemm")
+                col = scratch("col", (o * geo.kernel_size, n * p), x.dtype)
+                for g in range(g_):
+                    np.matmul(wg[g].T, xt[g * cg:(g + 1) * cg], out=col[g * kg:(g + 1) * kg])
+                self._store(yc.reshape((n, o) + geo.image), col2im(col, geo, n, o, bi),
+                            None if bias is None else bias.reshape((o,) + (1,) * len(geo.image)))
+            if chunk_output is not None:
+                chunk_output(yc)
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group

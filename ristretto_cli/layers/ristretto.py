@@ -398,12 +398,31 @@ class _RistrettoMixin:
 
     def forward_cpu(self, bottom, top):
         plan = self._plan()
-        test = self.phase == TEST
-        if test:
-            self._trim_blobs(bottom, plan.inputs, "bottom")
+        if self.phase != TEST:
+            super().forward_cpu(bottom, top)
+            return
+        if self._fuse_trimming(bottom, plan):
+            # Convolutions: trim each batch chunk while it is in cache, the bottom chunk just
+            # before it is used, the top chunk just after its bias. Element by element this is
+            # what trimming the whole arrays before and after does (NEAREST only: then
+            # trimming an aliased bottom twice is harmless, as it is for the whole arrays).
+            rng = self.rng
+            self.chunk_input = None if plan.inputs is None else (lambda a: plan.inputs(a, rng))
+            self.chunk_output = None if plan.outputs is None else (lambda a: plan.outputs(a, rng))
+            try:
+                super().forward_cpu(bottom, top)
+            finally:
+                self.chunk_input = self.chunk_output = None
+            return
+        self._trim_blobs(bottom, plan.inputs, "bottom")
         super().forward_cpu(bottom, top)
-        if test:
-            self._trim_blobs(top, plan.outputs, "top")
+        self._trim_blobs(top, plan.outputs, "top")
+
+    def _fuse_trimming(self, bottom, plan: _Plan) -> bool:
+        if not hasattr(self, "chunk_input") or plan.formats.stochastic:
+            return False
+        return all(b.data.flags.writeable and b.data.flags.c_contiguous and b.data.dtype == np.float32
+                   for b in bottom)
 
     @property
     def quantized_weights(self) -> list[np.ndarray]:
