@@ -28,6 +28,7 @@ minimum / float minimum (``med`` = the same for the medians). The target is a ra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -142,12 +143,15 @@ def time_nets(nets: dict, x: np.ndarray, repeats: int) -> dict[str, list[float]]
     """Seconds per forward pass of every net, passes interleaved in rotating order."""
     names = list(nets)
     times = {n: [] for n in names}
-    for name in names:                      # warm-up: buffers, trimmed-weight caches
-        run_once(nets[name], x)
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            times[name].append(run_once(nets[name], x))
+    with contextlib.ExitStack() as frozen:  # weights read-only, as when scoring (test, quantize)
+        for net in nets.values():
+            frozen.enter_context(net.frozen_params())
+        for name in names:                      # warm-up: buffers, trimmed-weight caches
+            run_once(nets[name], x)
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                times[name].append(run_once(nets[name], x))
     return times
 
 

@@ -8,6 +8,7 @@ need backward, and collect the outputs (blobs nobody consumes, sorted by name).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -286,6 +287,35 @@ class Net:
         loss = self.forward()
         self.backward()
         return loss
+
+    @contextmanager
+    def frozen_params(self):
+        """Parameter arrays read-only for a stretch of forward passes (scoring): a write
+        raises instead of going unnoticed, so layers may keep what they derive from the
+        weights (Ristretto's trimmed copies) without comparing them again on every pass.
+        Layers whose forward updates their own blobs (BatchNorm) are left alone."""
+        token = object()
+        flipped = []
+        try:
+            for layer in self.layers:
+                if not layer.blobs or layer.writes_blobs_in_forward:
+                    continue
+                mine = True       # a blob someone else made read-only could change when they
+                for blob in layer.blobs:  # make it writable again: no token for that layer
+                    if blob.data.flags.writeable:
+                        blob.data.flags.writeable = False
+                        flipped.append(blob.data)
+                    else:
+                        mine = mine and any(blob.data is a for a in flipped)
+                if mine:
+                    layer.frozen_params = token
+            yield self
+        finally:
+            for layer in self.layers:
+                if layer.frozen_params is token:
+                    layer.frozen_params = None
+            for a in flipped:
+                a.flags.writeable = True
 
     def reshape(self) -> None:
         for i, layer in enumerate(self.layers):

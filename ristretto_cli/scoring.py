@@ -134,4 +134,5 @@ def test_model(model: str, weights: str, *, iterations: int = 50, phase: str = "
     for held in (net_messages, setup_messages, weights_messages):
         held.release()
     logger.info("Running for %d iterations.", iterations)
-    return run_forward_batches(net, iterations, log=True, progress=progress)
+    with net.frozen_params():
+        return run_forward_batches(net, iterations, log=True, progress=progress)

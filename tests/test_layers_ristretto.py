@@ -470,6 +470,57 @@ def test_cached_trimmed_weights_follow_every_change_of_the_shadow_weights(kind, 
     assert forward_checked("unchanged again") == 0
 
 
+def test_frozen_weights_are_compared_once_per_stretch_and_changes_between_stretches_are_seen(monkeypatch):
+    text = """
+name: "frozen"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "fc" type: "FcRistretto" bottom: "data" top: "fc" inner_product_param { num_output: 3 }
+        quantization_param { bw_params: 8 fl_params: 6 bw_layer_in: 8 fl_layer_in: 4
+                             bw_layer_out: 8 fl_layer_out: 4 } }
+layer { name: "bn" type: "BatchNorm" bottom: "fc" top: "bn" batch_norm_param { use_global_stats: false } }
+"""
+    net = Net(net_param(text), TEST, seed=1)
+    fc, bn = net.layer_by_name("fc"), net.layer_by_name("bn")
+    random_params(fc)
+    compares = []
+    real = R._same_bits
+    monkeypatch.setattr(R, "_same_bits", lambda a, b: compares.append(1) or real(a, b))
+    x = sample((2, 6))
+
+    def forward_checked():
+        net.blobs["data"].data[...] = x
+        net.forward()
+        w, b = (blob.data for blob in fc.blobs)
+        want = trim_dfp(trim_dfp(x, 8, 4) @ trim_dfp(w, 8, 6).T + trim_dfp(b, 8, 6), 8, 4)
+        np.testing.assert_array_equal(net.blobs["fc"].data, want)
+
+    forward_checked()
+    with net.frozen_params():
+        assert not fc.blobs[0].data.flags.writeable and not fc.blobs[1].data.flags.writeable
+        assert bn.blobs[0].data.flags.writeable              # BatchNorm updates its blobs in forward
+        with pytest.raises(ValueError):
+            fc.blobs[0].data[0, 0] = 1.0                     # a write fails loudly
+        compares.clear()
+        for _ in range(4):
+            forward_checked()
+        assert len(compares) == 2                            # weight and bias, checked once
+    assert fc.blobs[0].data.flags.writeable and fc.frozen_params is None
+    fc.blobs[0].data[1, 2] += 0.25                           # changed between stretches
+    with net.frozen_params():
+        forward_checked()
+        fc.blobs[1].data = fc.blobs[1].data * 2              # an array replaced inside a stretch
+        forward_checked()
+    # An array someone else made read-only keeps the bit comparison on every pass.
+    fc.blobs[0].data.flags.writeable = False
+    with net.frozen_params():
+        assert fc.frozen_params is None
+        compares.clear()
+        forward_checked()
+        forward_checked()
+        assert len(compares) == 4
+    assert not fc.blobs[0].data.flags.writeable              # left as it was
+
+
 def test_test_nets_sharing_the_train_nets_weights_see_the_updates():
     text = """
 name: "shared"

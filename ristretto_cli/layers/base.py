@@ -45,6 +45,11 @@ class Layer:
     inplace_allowed: ClassVar[bool] = True
     #: False for layers with no backward (Caffe aborts if the net needs it).
     has_backward: ClassVar[bool] = True
+    #: Layers whose forward writes their own blobs (BatchNorm's running averages): never frozen.
+    writes_blobs_in_forward: ClassVar[bool] = False
+    #: While ``Net.frozen_params()`` holds the blobs read-only: a token unique to that stretch,
+    #: so a layer may keep what it derived from them instead of re-checking every pass.
+    frozen_params: object | None = None
 
     def __init__(self, param: caffe_pb2.LayerParameter, *, phase: int = TEST,
                  rng: np.random.Generator | None = None, semantics: str = "ristretto"):

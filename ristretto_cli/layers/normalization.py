@@ -18,6 +18,7 @@ class BatchNormLayer(Layer):
     Blobs: [0] running mean sum, [1] running variance sum, [2] normalisation factor; the
     averages are blob0/blob2 and blob1/blob2. They are never learned (lr_mult 0).
     """
+    writes_blobs_in_forward = True
     exact_bottoms = 1
     exact_tops = 1
 

@@ -18,7 +18,8 @@ In TEST with NEAREST rounding the trimmed copy is a pure function of the shadow 
 the format, so it is kept between forwards and re-made only when the shadow weights differ, bit
 for bit, from a private snapshot taken when it was made. Comparing costs about half as much as
 trimming, and it catches every change: solver updates, weight loading, writes through pycaffe,
-a blob whose array was replaced.
+a blob whose array was replaced. While ``Net.frozen_params()`` holds the weights read-only
+(scoring), one comparison per stretch is enough.
 
 LRNRistretto follows Ristretto's GPU kernel (the CPU original has none): every intermediate
 value is trimmed to minifloat with NEAREST rounding in both phases, identically in both
@@ -340,6 +341,7 @@ class _RistrettoMixin:
         self._trimmed: list = [None, None]    # the trimmed weight / bias copies
         self._snapshot: list = [None, None]   # shadow weights they were made from
         self._snapshot_plan: list = [None, None]  # ... and under which formats and semantics
+        self._snapshot_frozen: list = [None, None]  # (frozen token, array) last checked in
 
     def _plan(self) -> _Plan:
         if self._plan_for != self.semantics:
@@ -377,13 +379,21 @@ class _RistrettoMixin:
             self._snapshot[i] = None          # re-drawn on every forward
             return _trim(fmt, src, dst, True, self.semantics, self.rng)
         snap = self._snapshot[i]
-        if snap is not None and self._snapshot_plan[i] is plan and _same_bits(snap, src):
-            return dst
+        frozen = self.frozen_params
+        if snap is not None and self._snapshot_plan[i] is plan:
+            seen = self._snapshot_frozen[i]
+            if frozen is not None and seen is not None and seen[0] is frozen and seen[1] is src \
+                    and not src.flags.writeable:
+                return dst                    # checked earlier in this read-only stretch
+            if _same_bits(snap, src):
+                self._snapshot_frozen[i] = (frozen, src) if frozen is not None else None
+                return dst
         _trim(fmt, src, dst, False, self.semantics, None)
         if snap is None:
             snap = self._snapshot[i] = np.empty(src.shape, src.dtype)
         np.copyto(snap, src)
         self._snapshot_plan[i] = plan
+        self._snapshot_frozen[i] = (frozen, src) if frozen is not None else None
         return dst
 
     # ----------------------------------------------------------------- activations

@@ -528,33 +528,38 @@ class Scorer:
 
     def _work(self, j, stride, net, start, feed, captures, hub) -> None:
         try:
-            buffers: list = []
-            layers = len(net.layers)
-            for i in range(j, self.iterations, stride):
-                if hub.cancelled or hub.error is not None:
-                    return
-                snap = feed.get(i)
-                restore(net, snap, buffers)
-                feed.done(i)
-                loss = snap.loss
-                for li in range(start, layers):
-                    store = captures.get(li)
-                    if store is not None:
-                        store.snapshots[i] = take_snapshot(net, store.names, loss)
-                    # Per-layer float32 sum in layer order: what Net.forward accumulates.
-                    loss = np.float32(loss + net.forward(li, li))
-                hub.put(i, _outputs(net, loss))
+            with net.frozen_params():
+                self._work_batches(j, stride, net, start, feed, captures, hub)
         except _Cancelled:
             return
         except BaseException as exc:
             hub.fail(exc)
+
+    def _work_batches(self, j, stride, net, start, feed, captures, hub) -> None:
+        buffers: list = []
+        layers = len(net.layers)
+        for i in range(j, self.iterations, stride):
+            if hub.cancelled or hub.error is not None:
+                return
+            snap = feed.get(i)
+            restore(net, snap, buffers)
+            feed.done(i)
+            loss = snap.loss
+            for li in range(start, layers):
+                store = captures.get(li)
+                if store is not None:
+                    store.snapshots[i] = take_snapshot(net, store.names, loss)
+                # Per-layer float32 sum in layer order: what Net.forward accumulates.
+                loss = np.float32(loss + net.forward(li, li))
+            hub.put(i, _outputs(net, loss))
 
     def _plain(self, net, label, start, key=None) -> RunRecord:
         """Ristretto's way: this net's own data layers, batch after batch."""
         logger.info("Running for %d iterations.", self.iterations)
         with _bar(self.iterations, label if self.progress else None) as bar:
             rec = RecordingNet(net, bar=bar if self.progress else None)
-            result = run_forward_batches(rec, self.iterations, log=True, progress=False)
+            with net.frozen_params():
+                result = run_forward_batches(rec, self.iterations, log=True, progress=False)
         self.runs += 1
         self.batches_computed += self.iterations
         self._remember(key or hashlib.sha256(b"".join(layer_keys(net))).digest(), label, rec.batches)

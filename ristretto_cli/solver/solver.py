@@ -189,25 +189,27 @@ class Solver:
         iterations = p.test_iter[test_id]
         scores = None
         loss = _F(0)
-        for _ in range(iterations):
-            request = self.action()
-            while request != NONE:
-                if request == SNAPSHOT:
-                    self.snapshot()
-                elif request == STOP:
-                    self.requested_early_exit = True
+        # Weights are read-only while testing: quantized layers trim them once per test.
+        with net.frozen_params():
+            for _ in range(iterations):
                 request = self.action()
-            if self.requested_early_exit:
-                break
-            iter_loss = net.forward()
-            if p.test_compute_loss:
-                loss += iter_loss
-            values = [b.data.reshape(-1) for b in net.output_blobs]
-            if scores is None:
-                scores = [v.astype(np.float32, copy=True) for v in values]
-            else:
-                for s, v in zip(scores, values):
-                    s += v
+                while request != NONE:
+                    if request == SNAPSHOT:
+                        self.snapshot()
+                    elif request == STOP:
+                        self.requested_early_exit = True
+                    request = self.action()
+                if self.requested_early_exit:
+                    break
+                iter_loss = net.forward()
+                if p.test_compute_loss:
+                    loss += iter_loss
+                values = [b.data.reshape(-1) for b in net.output_blobs]
+                if scores is None:
+                    scores = [v.astype(np.float32, copy=True) for v in values]
+                else:
+                    for s, v in zip(scores, values):
+                        s += v
         if self.requested_early_exit:
             logger.info("Test interrupted.")
             return
