@@ -65,7 +65,7 @@ def build_ours(path: Path, batch: int, phase: int):
     from ristretto_cli.io import read_net_param
     from ristretto_cli.net import Net
     param = read_net_param(path)
-    param.force_backward = True
+    param.force_backward = phase == TRAIN   # inference: no backward state, as torch.inference_mode
     for lp in param.layer:
         if lp.type == "Input":
             for shape in lp.input_param.shape:

@@ -170,6 +170,8 @@ class Net:
                     self._blob_need_backward[blob.name] = (self._blob_need_backward.get(blob.name, False)
                                                            or self.bottom_need_backward[i][j])
                 layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_state_needed = need
         self.output_names = sorted(available)
         for name in self.output_names:
             say("This network produces output %s", name)
@@ -290,13 +292,17 @@ class Net:
 
     @contextmanager
     def frozen_params(self):
-        """Parameter arrays read-only for a stretch of forward passes (scoring): a write
+        """A stretch of forward passes only (scoring). Parameter arrays are read-only: a write
         raises instead of going unnoticed, so layers may keep what they derive from the
-        weights (Ristretto's trimmed copies) without comparing them again on every pass.
-        Layers whose forward updates their own blobs (BatchNorm) are left alone."""
+        weights (Ristretto's trimmed copies) without comparing them again on every pass; and
+        layers skip state that only a backward pass uses (max pooling's winners). Layers
+        whose forward updates their own blobs (BatchNorm) keep writable blobs."""
         token = object()
         flipped = []
+        needed = [layer.backward_state_needed for layer in self.layers]
         try:
+            for layer in self.layers:
+                layer.backward_state_needed = False
             for layer in self.layers:
                 if not layer.blobs or layer.writes_blobs_in_forward:
                     continue
@@ -311,7 +317,8 @@ class Net:
                     layer.frozen_params = token
             yield self
         finally:
-            for layer in self.layers:
+            for layer, need in zip(self.layers, needed):
+                layer.backward_state_needed = need
                 if layer.frozen_params is token:
                     layer.frozen_params = None
             for a in flipped:

@@ -495,7 +495,9 @@ layer { name: "bn" type: "BatchNorm" bottom: "fc" top: "bn" batch_norm_param { u
         np.testing.assert_array_equal(net.blobs["fc"].data, want)
 
     forward_checked()
+    needed = [layer.backward_state_needed for layer in net.layers]
     with net.frozen_params():
+        assert not any(layer.backward_state_needed for layer in net.layers)   # forwards only
         assert not fc.blobs[0].data.flags.writeable and not fc.blobs[1].data.flags.writeable
         assert bn.blobs[0].data.flags.writeable              # BatchNorm updates its blobs in forward
         with pytest.raises(ValueError):
@@ -505,6 +507,7 @@ layer { name: "bn" type: "BatchNorm" bottom: "fc" top: "bn" batch_norm_param { u
             forward_checked()
         assert len(compares) == 2                            # weight and bias, checked once
     assert fc.blobs[0].data.flags.writeable and fc.frozen_params is None
+    assert [layer.backward_state_needed for layer in net.layers] == needed
     fc.blobs[0].data[1, 2] += 0.25                           # changed between stretches
     with net.frozen_params():
         forward_checked()

@@ -525,6 +525,27 @@ def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
     np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
 
 
+@pytest.mark.parametrize("case", POOL_CASES,
+                         ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
+def test_max_pooling_without_backward_state_gives_the_same_maxima_and_backward(case):
+    # With no backward to come (scoring) the winners are not recorded; a backward called
+    # anyway finds them again from the bottom.
+    shape, kernel, stride, pad, ceil_mode = case
+    x = rng(18).standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :2] = x[0, 0, 1, 1]                     # ties
+    x[-1, -1, -1, -1] = np.nan
+    spec = pool_spec("MAX", kernel, stride, pad, "" if ceil_mode else "round_mode: FLOOR")
+    top, _, backward = caffe_pool(x, "MAX", _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
+    layer, bottoms, tops = setup(spec, [x])
+    layer.backward_state_needed = False
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, top)
+    dy = rng(19).standard_normal(top.shape).astype(np.float32)
+    tops[0].diff = dy
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+
+
 def test_pooled_size_rules():
     assert pooled_size(5, 2, 2, 1, True, True) == 3      # 4 by ceil, then clipped
     assert pooled_size(8, 3, 2, 1, True, True) == 5

@@ -45,6 +45,9 @@ class Layer:
     inplace_allowed: ClassVar[bool] = True
     #: False for layers with no backward (Caffe aborts if the net needs it).
     has_backward: ClassVar[bool] = True
+    #: False when no backward pass will follow the forwards (set by the Net from its
+    #: backward analysis, and while scoring): layers may then skip what only backward uses.
+    backward_state_needed: bool = True
     #: Layers whose forward writes their own blobs (BatchNorm's running averages): never frozen.
     writes_blobs_in_forward: ClassVar[bool] = False
     #: While ``Net.frozen_params()`` holds the blobs read-only: a token unique to that stretch,

@@ -345,12 +345,14 @@ def _scatter(dy: np.ndarray, k1: np.ndarray | None, geo: PoolGeometry, out: np.n
 
 
 def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None,
-                     k1_grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     k1_grid: np.ndarray | None = None,
+                     indices: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX).
 
     The indices come as a flat grid (see ``PoolGeometry.grid``; ``off_grid`` gives the
     ``(..., PH, PW)`` view), written into ``k1_grid`` when it has the right size and type.
-    Global pooling returns them as ``(..., 1, 1)``."""
+    Global pooling returns them as ``(..., 1, 1)``. With ``indices=False`` (no backward to
+    come) only the maxima are computed, the same values, and None stands for the indices."""
     out_shape = x.shape[:-2] + geo.pooled
     if out is None:
         out = np.empty(out_shape, x.dtype)
@@ -378,24 +380,32 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     x3, q, split = _phases_of(x, geo)
     m, size, fl = q.shape[2], geo.grid_size, geo.flat_length()
     flat = q.reshape(q.shape[0], q.shape[1], -1)
-    if k1_grid is None or k1_grid.shape != (m * size,) or k1_grid.dtype != kdt:
+    if not indices:
+        k1_grid = None
+    elif k1_grid is None or k1_grid.shape != (m * size,) or k1_grid.dtype != kdt:
         k1_grid = np.empty(m * size, kdt)
     best = scratch("pool_grid", (m * size,), x.dtype)
     greater = scratch("pool_hit", (m * size,), bool)
     tmp = scratch("pool_tmp", (m * size,), kdt)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
-        y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid)
+        y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid, indices=indices)
         np.copyto(out, y)
         return out, k1_grid
 
     def work(b0: int, b1: int) -> None:
         if split:
             geo.fill_phases(x3, q, b0, b1, -np.inf)
-        k1_grid[b0 * size:b1 * size] = 0
         lo, hi = b0 * size, b1 * size - fl
-        bv, kv, gv, tv = best[lo:hi], k1_grid[lo:hi], greater[lo:hi], tmp[lo:hi]
+        bv = best[lo:hi]
         bv.fill(-FLT_MAX)
+        if k1_grid is None:     # the maxima only: one pass per offset instead of four
+            for _, a, b, shift in geo.flat_offsets():
+                np.fmax(flat[a, b, lo + shift:hi + shift], bv, out=bv)
+            np.copyto(o3[b0:b1], geo.off_grid(best[b0 * size:b1 * size], (b1 - b0,)))
+            return
+        k1_grid[b0 * size:b1 * size] = 0
+        kv, gv, tv = k1_grid[lo:hi], greater[lo:hi], tmp[lo:hi]
         for o, a, b, shift in geo.flat_offsets():
             v = flat[a, b, lo + shift:hi + shift]
             np.greater(v, bv, out=gv)
@@ -490,9 +500,12 @@ class PoolingLayer(Layer):
         x, geo = bottom[0].data, self.geometry
         self._k1 = None     # winners (MAX, STOCHASTIC TRAIN): 1-based offset index, 0 = none
         if self.pool == MAX:
-            # The winners' grid is kept for the backward; its memory is reused.
-            _, self._k1 = max_pool_forward(x, geo, out=top[0].data, k1_grid=self._k1_buffer)
-            if self._k1.ndim == 1:
+            # The winners' grid is kept for the backward; its memory is reused. A layer with
+            # no backward to come and no mask top skips it (backward would recompute it).
+            indices = self.backward_state_needed or len(top) > 1 or geo.whole_plane
+            _, self._k1 = max_pool_forward(x, geo, out=top[0].data, k1_grid=self._k1_buffer,
+                                           indices=indices)
+            if self._k1 is not None and self._k1.ndim == 1:
                 self._k1_buffer = self._k1
             if len(top) > 1:
                 top[1].data[...] = geo.plane_index(self._k1 if geo.whole_plane
@@ -544,6 +557,10 @@ class PoolingLayer(Layer):
         if self.pool == AVE:
             ave_pool_backward(dy, geo, out=bottom[0].diff)
             return
+        if self.pool == MAX and self._k1 is None:   # forward skipped the winners: find them
+            _, self._k1 = max_pool_forward(bottom[0].data, geo, out=scratch("pool_redo", top[0].shape,
+                                                                            dy.dtype),
+                                           k1_grid=self._k1_buffer)
         if self._k1 is not None and not (geo.whole_plane and self.pool == MAX):
             route_backward(dy, self._k1, geo, out=bottom[0].diff)
             return
