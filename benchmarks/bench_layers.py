@@ -17,7 +17,8 @@ Each measurement alternates one repetition of ours with one of PyTorch's (in swa
 every other time), so that load from other processes on a shared machine hits both; the
 table shows the minimum per side and ``ours/torch`` as the ratio of the minima (``med`` is
 the ratio of the medians, for the noise). Both sides are limited alike to 1 and to 2 threads
-(threadpoolctl for the BLAS, ``torch.set_num_threads``). A pair of repetitions during which
+(threadpoolctl for the BLAS, ``ristretto_cli.parallel`` for our element-wise work,
+``torch.set_num_threads``). A pair of repetitions during which
 other processes used CPU time that our threads needed (from /proc/stat) is redone, within
 ``--patience`` seconds per measurement; the table flags what was kept under load. With
 several threads each timed call starts after a short pause (``--settle``), so that neither
@@ -63,7 +64,7 @@ TARGET_GEMM_FRACTION = 0.5
 # ----------------------------------------------------------------------------- our nets
 def build_ours(path: Path, batch: int, phase: int):
     from ristretto_cli.io import read_net_param
-    from ristretto_cli.net import Net
+    from ristretto_cli.net import TRAIN, Net
     param = read_net_param(path)
     param.force_backward = phase == TRAIN   # inference: no backward state, as torch.inference_mode
     for lp in param.layer:
@@ -394,7 +395,8 @@ def measure(cases: list[Case], threads: int, reps: int, monitor: LoadMonitor,
     result = {"threads": threads, "nets": {}}
     rejected = monitor.rejected
     monitor.spare = max(0, (os.cpu_count() or threads) - threads)
-    with threadpool_limits(limits=threads, user_api="blas"):
+    from ristretto_cli import parallel
+    with threadpool_limits(limits=threads, user_api="blas"), parallel.limited(threads):
         gemm = gemm_gflops(max(3, reps // 2), monitor, patience)
         for case in cases:
             entry = {"batch": case.batch, "gemm_gflop_per_fwd": case.flops / 1e9,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
 from ristretto_cli.layers.im2col import axis_phases, scratch
 from ristretto_cli.layers.registry import register
@@ -169,10 +170,18 @@ class PoolGeometry:
         return g.reshape(lead + (hq, wq))[..., :self.pooled[0], :self.pooled[1]]
 
     def run_blocks(self, m: int, plane_bytes: int, work) -> None:
-        """``work(b0, b1)`` for consecutive blocks of planes of about PHASE_BLOCK_BYTES."""
+        """``work(b0, b1)`` for consecutive blocks of planes of at most PHASE_BLOCK_BYTES,
+        shared among the threads when there is enough work (blocks are independent)."""
         step = max(1, PHASE_BLOCK_BYTES // max(1, plane_bytes))
-        for b0 in range(0, m, step):
-            work(b0, min(b0 + step, m))
+        threads = parallel.num_threads()
+        if threads > 1 and m * plane_bytes >= PARALLEL_MIN_BYTES:
+            step = min(step, -(-m // threads))
+
+        def blocks(i0: int, i1: int) -> None:
+            for i in range(i0, i1):
+                work(i * step, min((i + 1) * step, m))
+        nblocks = -(-m // step)
+        parallel.for_ranges(nblocks, blocks, min_items=1 if m * plane_bytes >= PARALLEL_MIN_BYTES else nblocks)
 
     @property
     def whole_plane(self) -> bool:
@@ -208,6 +217,8 @@ class PoolGeometry:
 #: Planes are pooled in blocks of about this many input bytes, so that every pass of a
 #: block (phase split, one per kernel offset, output) runs in the cache.
 PHASE_BLOCK_BYTES = 1 << 21
+#: Inputs smaller than this are pooled by one thread: splitting would cost more than it saves.
+PARALLEL_MIN_BYTES = 1 << 19
 
 
 def _lead(a: np.ndarray) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.log import fmt_g, hold_records, logger
 from ristretto_cli.proto import caffe_pb2
@@ -495,7 +496,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
         search.workers = 1  # without control over BLAS threads, workers would oversubscribe
     else:
         search.blas_threads = 1
-    with limiter if limiter is not None else contextlib.nullcontext():
+    # One net per core: each net's own work stays on its thread.
+    threads = parallel.limited(1) if search.workers > 1 else contextlib.nullcontext()
+    with limiter if limiter is not None else contextlib.nullcontext(), threads:
         return search.run()
 
 
