@@ -335,8 +335,10 @@ def interleaved(ours, theirs, reps: int, monitor: LoadMonitor, patience: float, 
     pairs are kept as they come. Returns the timings and how many kept pairs were disturbed.
 
     ``settle`` seconds pass before each timed call: after a parallel call, OpenBLAS's and
-    OpenMP's worker threads keep spinning for a while (about 0.1 s for OpenBLAS), and on a
-    machine with few cores they would take the CPUs from the other side's next call."""
+    OpenMP's worker threads keep spinning for a while (about 0.1 s for OpenBLAS, over half a
+    second for PyTorch's: our SqueezeNet forward measured 286 ms 0.5 s after a PyTorch
+    convolution, 201 ms 1 s after it), and on a machine with few cores they would take the
+    CPUs from the other side's next call."""
     def timed(fn):
         if settle:
             time.sleep(settle)
@@ -466,8 +468,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results to this file")
     ap.add_argument("--patience", type=float, default=None,
                     help="seconds per measurement to wait out other processes' load (default 20, quick 5)")
-    ap.add_argument("--settle", type=float, default=0.25,
-                    help="pause in seconds before each timed call with several threads (default 0.25)")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="pause in seconds before each timed call with several threads (default 1)")
     args = ap.parse_args(argv)
     if args.patience is None:
         args.patience = 5.0 if args.quick else 20.0
