@@ -470,13 +470,17 @@ def test_cached_trimmed_weights_follow_every_change_of_the_shadow_weights(kind, 
     assert forward_checked("unchanged again") == 0
 
 
-def test_frozen_weights_are_compared_once_per_stretch_and_changes_between_stretches_are_seen(monkeypatch):
-    text = """
-name: "frozen"
+# Input (2, 6) -> FcRistretto with 3 outputs, 8-bit formats.
+FC_NET = """
 layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
 layer { name: "fc" type: "FcRistretto" bottom: "data" top: "fc" inner_product_param { num_output: 3 }
         quantization_param { bw_params: 8 fl_params: 6 bw_layer_in: 8 fl_layer_in: 4
                              bw_layer_out: 8 fl_layer_out: 4 } }
+"""
+
+
+def test_frozen_weights_are_compared_once_per_stretch_and_changes_between_stretches_are_seen(monkeypatch):
+    text = 'name: "frozen"' + FC_NET + """
 layer { name: "bn" type: "BatchNorm" bottom: "fc" top: "bn" batch_norm_param { use_global_stats: false } }
 """
     net = Net(net_param(text), TEST, seed=1)
@@ -525,13 +529,7 @@ layer { name: "bn" type: "BatchNorm" bottom: "fc" top: "bn" batch_norm_param { u
 
 
 def test_test_nets_sharing_the_train_nets_weights_see_the_updates():
-    text = """
-name: "shared"
-layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
-layer { name: "fc" type: "FcRistretto" bottom: "data" top: "fc" inner_product_param { num_output: 3 }
-        quantization_param { bw_params: 8 fl_params: 6 bw_layer_in: 8 fl_layer_in: 4
-                             bw_layer_out: 8 fl_layer_out: 4 } }
-"""
+    text = 'name: "shared"' + FC_NET
     train = Net(net_param(text), TRAIN, seed=1)
     test = Net(net_param(text), TEST, seed=2)
     test.share_trained_layers_with(train)
