@@ -33,6 +33,9 @@ from ristretto_cli.layers.im2col import (
 )
 from ristretto_cli.layers.registry import register
 
+#: Elements of a chunk's top (or bottom) that the per-chunk hooks find still in cache.
+HOOKED_CHUNK_ELEMENTS = 1 << 19
+
 
 def _writable(blob, what: str, shape) -> np.ndarray:
     """The blob's data or diff as a ``shape`` view that writes through (made C-contiguous)."""
@@ -208,6 +211,12 @@ class BaseConvolutionLayer(Layer):
         cached = max(CACHE_COL_ELEMENTS // per_item, -(-MIN_GEMM_COLUMNS // max(1, positions)))
         return max(1, min(cached, COL_BUFFER_ELEMENTS // per_item))
 
+    @staticmethod
+    def _hooked_chunk(per_item: int, positions: int) -> int:
+        """Batch items per chunk when hooks read the chunk's bottom and top again: both stay
+        within HOOKED_CHUNK_ELEMENTS (cache), down to MIN_GEMM_COLUMNS columns per GEMM."""
+        return max(HOOKED_CHUNK_ELEMENTS // max(1, per_item), -(-MIN_GEMM_COLUMNS // max(1, positions)), 1)
+
     # ----------------------------------------------------------------- forward / backward
     def forward_cpu(self, bottom, top):
         w, b = self.forward_weights()
@@ -261,6 +270,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         wg = w.reshape(g_, og, kg)
         step = self._chunk(max(c * geo.kernel_size, o), p)
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
+        if chunk_input is not None or chunk_output is not None:
+            step = min(step, self._hooked_chunk(max(c, o) * p, p))
         for n0 in range(0, self.num, step):
             xc, yc = x[n0:n0 + step], y[n0:n0 + step]
             n = xc.shape[0]
