@@ -57,12 +57,14 @@ def full_test_accuracy(solver) -> float:
     return float(total / n)
 
 
-def run_ours(workdir: Path, iterations: int, quiet: bool) -> dict:
+def run_ours(workdir: Path, iterations: int, quiet: bool, seed: int | None = None) -> dict:
     from ristretto_cli import log
     from ristretto_cli.io import read_solver_param
     from ristretto_cli.solver import Solver
     log.configure(verbose=not quiet)
     param = read_solver_param(workdir / "lenet_solver.prototxt")
+    if seed is not None:
+        param.random_seed = seed
     param.max_iter = iterations
     param.solver_mode = param.CPU
     solver = Solver(param, show_progress=not quiet)
@@ -70,7 +72,7 @@ def run_ours(workdir: Path, iterations: int, quiet: bool) -> dict:
     solver.solve()
     seconds = time.perf_counter() - start
     return {"name": "ristretto-cli (NumPy)", "seconds": seconds, "iterations": iterations,
-            "accuracy": full_test_accuracy(solver), "random_seed": param.random_seed}
+            "accuracy": full_test_accuracy(solver), "random_seed": solver.seed}
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -175,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None,
                     help="folder for the LMDBs and snapshots (default: a temporary folder)")
     ap.add_argument("--no-torch", action="store_true", help="only our solver")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="random_seed for both sides (default: the solver file's; Caffe's has none, so "
+                         "every run draws other initial weights)")
     ap.add_argument("--quiet", action="store_true", help="no training log")
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lenet_"))
@@ -183,9 +188,11 @@ def main(argv=None) -> int:
     old = os.getcwd()
     os.chdir(workdir)
     try:
-        ours = run_ours(workdir, args.iterations, args.quiet)
+        ours = run_ours(workdir, args.iterations, args.quiet, args.seed)
         from ristretto_cli.io import read_solver_param
         param = read_solver_param(workdir / "lenet_solver.prototxt")
+        if args.seed is not None:
+            param.random_seed = args.seed
         theirs = None if args.no_torch else run_torch(workdir, args.iterations, param)
     finally:
         os.chdir(old)
@@ -198,6 +205,7 @@ def main(argv=None) -> int:
         if r is not None:
             print(f"{r['name']:<42} {100 * r['accuracy']:>13.2f}% {r['seconds']:>10.1f}s "
                   f"{r['iterations'] / r['seconds']:>9.1f}")
+    print(f"our run's seed: {ours['random_seed']} (PyTorch: {max(param.random_seed, 0)})")
     if args.iterations >= 10000:
         ok = ours["accuracy"] >= TARGET_ACCURACY
         print(f"target >= {100 * TARGET_ACCURACY:.1f}% with our solver: {'met' if ok else 'NOT met'}")
