@@ -11,6 +11,8 @@ Both train on LMDBs built by our convert_mnist_data (60k train, 10k test, key or
 periodic 10k-image test (every test_interval iterations). The PyTorch side applies Caffe's
 update rule (h = m*h + lr*g; w -= h), not torch.optim's, so the two optimise the same thing.
 A full run must reach >= 99.0% test accuracy with our solver (the exit status says so).
+Caffe's solver file sets no random_seed, so every run starts from other Xavier weights and
+ends a little differently (a tenth of a point either way); ``--seed N`` fixes both sides'.
 PyTorch is optional (pip install torch==2.13.0); without it only our side runs.
 """
 
