@@ -42,6 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("RISTRETTO_SHARED_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_layers import randomise_weights  # noqa: E402  (the same random weights as there)
 
 #: name -> (label, prototxt, batch, trained weights or None, input range, default repeats)
 NETS = {
@@ -95,18 +97,6 @@ def quantized_param(param, ranges: dict, kind: str):
             qp.fl_layer_out = BITS - integer_length(max_out, params=False)
             qp.fl_params = BITS - integer_length(max_w, params=True)
     return out
-
-
-def randomise_weights(net, rng: np.random.Generator) -> None:
-    """He-scaled Gaussian weights, small biases: activations stay in range through the net."""
-    for layer in net.layers:
-        if not layer.blobs:
-            continue
-        w = layer.blobs[0].data
-        fan_in = w.size // w.shape[0]
-        w[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-        for b in layer.blobs[1:]:
-            b.data[...] = rng.uniform(-0.05, 0.05, b.data.shape).astype(np.float32)
 
 
 def build(key: str, semantics: str):

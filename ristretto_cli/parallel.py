@@ -31,6 +31,7 @@ def _default_threads() -> int:
 
 _threads = _default_threads()
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 _inside = threading.local()
 
@@ -56,11 +57,11 @@ def limited(n: int):
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < _threads - 1:
-            _pool = ThreadPoolExecutor(max_workers=max(1, _threads - 1),
-                                       thread_name_prefix="ristretto-parallel",
+        if _pool is None or _pool_size < _threads - 1:
+            _pool_size = max(1, _threads - 1)
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="ristretto-parallel",
                                        initializer=_mark_worker)
         return _pool
 

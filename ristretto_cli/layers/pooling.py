@@ -397,8 +397,9 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     elif k1_grid is None or k1_grid.shape != (m * size,) or k1_grid.dtype != kdt:
         k1_grid = np.empty(m * size, kdt)
     best = scratch("pool_grid", (m * size,), x.dtype)
-    greater = scratch("pool_hit", (m * size,), bool)
-    tmp = scratch("pool_tmp", (m * size,), kdt)
+    if indices:
+        greater = scratch("pool_hit", (m * size,), bool)
+        tmp = scratch("pool_tmp", (m * size,), kdt)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
         y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid, indices=indices)
@@ -514,7 +515,7 @@ class PoolingLayer(Layer):
         if self.pool == MAX:
             # The winners' grid is kept for the backward; its memory is reused. A layer with
             # no backward to come and no mask top skips it (backward would recompute it).
-            indices = self.backward_state_needed or len(top) > 1 or geo.whole_plane
+            indices = self.backward_state_needed or len(top) > 1
             _, self._k1 = max_pool_forward(x, geo, out=top[0].data, k1_grid=self._k1_buffer,
                                            indices=indices)
             if self._k1 is not None and self._k1.ndim == 1:

@@ -80,14 +80,19 @@ def edit_dynamic_fixed_point(param: caffe_pb2.NetParameter, lengths: Callable, *
             q.bw_layer_out = bw_out
 
 
-def edit_minifloat(param: caffe_pb2.NetParameter, bitwidth: int, exp_bits: int) -> None:
-    """``EditNetDescriptionMiniFloat``: one format, ``mant_bits = bitwidth - exp_bits - 1``."""
+def _exact_quantized(param: caffe_pb2.NetParameter):
+    """The quantization_param of every layer the exact-type edits change, after giving the
+    layer its Ristretto type."""
     for lp in param.layer:
         kind = exact_kind(lp.type)
-        if kind is None:
-            continue
-        lp.type = CONV_RISTRETTO if kind == "conv" else FC_RISTRETTO
-        q = lp.quantization_param
+        if kind is not None:
+            lp.type = CONV_RISTRETTO if kind == "conv" else FC_RISTRETTO
+            yield lp.quantization_param
+
+
+def edit_minifloat(param: caffe_pb2.NetParameter, bitwidth: int, exp_bits: int) -> None:
+    """``EditNetDescriptionMiniFloat``: one format, ``mant_bits = bitwidth - exp_bits - 1``."""
+    for q in _exact_quantized(param):
         q.precision = Q.MINIFLOAT
         q.mant_bits = bitwidth - exp_bits - 1
         q.exp_bits = exp_bits
@@ -95,12 +100,7 @@ def edit_minifloat(param: caffe_pb2.NetParameter, bitwidth: int, exp_bits: int) 
 
 def edit_power_of_two(param: caffe_pb2.NetParameter, exp_min: int = -8, exp_max: int = -1) -> None:
     """``EditNetDescriptionIntegerPowerOf2Weights``: weights 2^e, e in [-8, -1] (AlexNet's choice)."""
-    for lp in param.layer:
-        kind = exact_kind(lp.type)
-        if kind is None:
-            continue
-        lp.type = CONV_RISTRETTO if kind == "conv" else FC_RISTRETTO
-        q = lp.quantization_param
+    for q in _exact_quantized(param):
         q.precision = Q.INTEGER_POWER_OF_2_WEIGHTS
         q.exp_min = exp_min
         q.exp_max = exp_max
