@@ -23,14 +23,16 @@ other processes used CPU time that our threads needed (from /proc/stat) is redon
 ``--patience`` seconds per measurement; the table flags what was kept under load. With
 several threads each timed call starts after a short pause (``--settle``), so that neither
 library's idle worker threads, which spin for a while after a call, take the CPUs from the
-other's next call.
+other's next call, followed by untimed calls of the same side for ``--warm`` seconds: the
+timed call then runs as passes do in training or scoring, right after others.
 
 It also measures the machine's float32 GEMM rate (a large square ``numpy.matmul``) and the
 fraction of it that our convolution and inner-product FLOPs achieve per pass (a backward pass
 is counted as twice the forward FLOPs). A report, not a test:
 
     .venv/bin/python benchmarks/bench_layers.py [--quick] [--reps N] [--threads 1,2]
-                        [--nets lenet,caffenet] [--patience S] [--settle S] [--json out.json]
+                        [--nets lenet,caffenet] [--patience S] [--settle S] [--warm S]
+                        [--json out.json]
 """
 
 from __future__ import annotations
@@ -329,7 +331,7 @@ class LoadMonitor:
 
 
 def interleaved(ours, theirs, reps: int, monitor: LoadMonitor, patience: float, settle: float,
-                warmup: int = 2) -> tuple[list[float], list[float], int]:
+                warm: float = 0.0, warmup: int = 2) -> tuple[list[float], list[float], int]:
     """``reps`` timings of each, alternating which goes first. A pair during which other
     processes were busy is redone after a pause, for up to ``patience`` seconds; after that
     pairs are kept as they come. Returns the timings and how many kept pairs were disturbed.
@@ -338,10 +340,18 @@ def interleaved(ours, theirs, reps: int, monitor: LoadMonitor, patience: float, 
     OpenMP's worker threads keep spinning for a while (about 0.1 s for OpenBLAS, over half a
     second for PyTorch's: our SqueezeNet forward measured 286 ms 0.5 s after a PyTorch
     convolution, 201 ms 1 s after it), and on a machine with few cores they would take the
-    CPUs from the other side's next call."""
+    CPUs from the other side's next call. After the pause each side makes untimed calls for
+    ``warm`` seconds (at least one), so that the timed call runs as passes do in training or
+    scoring, right after others of the same side: on a virtual machine, cores that idled for
+    a second are slow to come back (our CIFAR-10 quick forward at 2 threads measured 46, 30,
+    then 24 ms in three calls after a 1 s pause)."""
     def timed(fn):
         if settle:
             time.sleep(settle)
+            until = time.perf_counter() + warm
+            fn()
+            while time.perf_counter() < until:
+                fn()
         return fn()
 
     for _ in range(warmup):
@@ -390,7 +400,7 @@ def gemm_gflops(reps: int, monitor: LoadMonitor, patience: float, n: int = 2048)
 
 
 def measure(cases: list[Case], threads: int, reps: int, monitor: LoadMonitor,
-            patience: float, settle: float) -> dict:
+            patience: float, settle: float, warm: float) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
     torch.set_num_threads(threads)
@@ -407,7 +417,7 @@ def measure(cases: list[Case], threads: int, reps: int, monitor: LoadMonitor,
                     ("fwd", case.ours_fwd, case.torch_fwd, case.flops),
                     ("fwd+bwd", case.ours_fwdbwd, case.torch_fwdbwd, 3 * case.flops)):
                 a, b, disturbed = interleaved(ours, theirs, reps, monitor, patience,
-                                              settle if threads > 1 else 0.0)
+                                              settle if threads > 1 else 0.0, warm)
                 entry[mode] = {
                     "ours_ms": min(a) * 1e3, "torch_ms": min(b) * 1e3,
                     "ours_median_ms": statistics.median(a) * 1e3,
@@ -470,6 +480,8 @@ def main(argv=None) -> int:
                     help="seconds per measurement to wait out other processes' load (default 20, quick 5)")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="pause in seconds before each timed call with several threads (default 1)")
+    ap.add_argument("--warm", type=float, default=0.2,
+                    help="seconds of untimed calls after each pause (default 0.2)")
     args = ap.parse_args(argv)
     if args.patience is None:
         args.patience = 5.0 if args.quick else 20.0
@@ -493,7 +505,7 @@ def main(argv=None) -> int:
         print(f"  {case.title}: {case.flops / 1e9:.3f} GFLOP conv+fc per forward, outputs match "
               f"PyTorch to {case.check:.1e} (max |diff| / max |output|)")
     monitor = LoadMonitor()
-    results = [measure(cases, t, reps, monitor, args.patience, args.settle) for t in threads]
+    results = [measure(cases, t, reps, monitor, args.patience, args.settle, args.warm) for t in threads]
     missed = []
     for res in results:
         missed += print_table(res, cases)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import Blob, shape_str
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.layers import TEST, TRAIN, create_layer
@@ -275,15 +276,18 @@ class Net:
         """Run layers ``start..end`` (inclusive); returns the summed weighted loss (float32)."""
         end = len(self.layers) - 1 if end is None else end
         loss = np.float32(0)
-        for i in range(start, end + 1):
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+        with parallel.blas_single_threaded():   # the engine's threads share the work
+            for i in range(start, end + 1):
+                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
         return loss
 
     def backward(self, start: int | None = None, end: int = 0) -> None:
         start = len(self.layers) - 1 if start is None else start
-        for i in range(start, end - 1, -1):
-            if self.layer_need_backward[i]:
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+        with parallel.blas_single_threaded():
+            for i in range(start, end - 1, -1):
+                if self.layer_need_backward[i]:
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
 
     def forward_backward(self) -> np.float32:
         loss = self.forward()

@@ -1,13 +1,18 @@
-"""Element-wise work split over CPU cores.
+"""The engine's threads: work split over CPU cores.
 
-The GEMMs run on the BLAS's own threads; the memory-bound work around them (pooling, column
-buffers, trimming) is NumPy calls that release the GIL, so a few Python threads each working
-on their own contiguous range of a big array run in parallel. ``for_ranges`` does that with
-one shared pool; below ``min_items`` per thread, or inside a pool thread, it runs serially.
+The engine runs its passes with the BLAS on one thread (``blas_single_threaded``) and shares
+work among its own threads instead: one pool of Python threads, each working on its own
+contiguous range (``for_ranges``). NumPy calls and BLAS products release the GIL, so the
+shares run in parallel. Convolutions share their batch chunks (a chunk's column buffer is
+then built and multiplied on one core, in its cache); single big products share their result
+columns (``matmul``); pooling shares blocks of planes. Below ``min_items`` per thread, or
+inside a pool thread, work runs serially. The BLAS's own threads are avoided because small
+products scale badly inside it and its idle threads keep spinning on the cores after a call.
 
-The number of threads is ``RISTRETTO_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the CPUs
-this process may use; ``set_num_threads``/``limited`` change it (benchmarks hold it equal to
-the BLAS's and PyTorch's thread counts; ``quantize`` runs one net per core and sets 1).
+The number of threads is ``RISTRETTO_NUM_THREADS``, else ``OMP_NUM_THREADS``, else
+``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS``, else the CPUs this process may use;
+``set_num_threads``/``limited`` change it (benchmarks hold it equal to PyTorch's thread
+count; ``quantize`` runs one net per core and sets 1).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 
 def _default_threads() -> int:
-    for name in ("RISTRETTO_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in ("RISTRETTO_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
@@ -70,24 +77,121 @@ def _mark_worker() -> None:
     _inside.worker = True
 
 
-def for_ranges(n: int, work, min_items: int = 1) -> None:
+def in_worker() -> bool:
+    """True inside a share of ``for_ranges`` (nested calls there run serially)."""
+    return getattr(_inside, "worker", False)
+
+
+_blas = None
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_limiter = None
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries NumPy loaded (None if it finds none)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        found = ThreadpoolController().select(user_api="blas")
+        _blas = found if found.lib_controllers else False
+    return _blas or None
+
+
+def blas_controllable() -> bool:
+    """Whether ``blas_single_threaded`` can limit the BLAS (threadpoolctl knows it)."""
+    return _blas_controller() is not None
+
+
+class _BlasSingleThreaded:
+    """See ``blas_single_threaded``."""
+
+    def __enter__(self):
+        global _blas_depth, _blas_limiter
+        controller = _blas_controller()
+        if controller is not None:
+            with _blas_lock:
+                if _blas_depth == 0:
+                    _blas_limiter = controller.limit(limits=1)
+                _blas_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _blas_depth, _blas_limiter
+        if _blas:
+            with _blas_lock:
+                _blas_depth -= 1
+                if _blas_depth == 0:
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
+        return False
+
+
+def blas_single_threaded() -> _BlasSingleThreaded:
+    """A block in which every BLAS call uses one thread. Layers run this way and share
+    products among the engine's own threads instead: the BLAS's idle threads keep spinning
+    on the cores for a while after a multi-threaded call, which halves the speed of the
+    engine's threads that come next, and its results then depend on its thread count. The
+    BLAS setting is process-wide; nested and concurrent blocks keep it until the last ends."""
+    return _BLAS_SINGLE_THREADED
+
+
+_BLAS_SINGLE_THREADED = _BlasSingleThreaded()
+
+
+def for_ranges(n: int, work, min_items: int = 1, blas_serial: bool = False) -> None:
     """``work(i0, i1)`` over contiguous ranges that cover ``0..n`` once; each range's items
-    must be independent of the others'. ``min_items`` is the least worth a thread of its own."""
+    must be independent of the others'. ``min_items`` is the least worth a thread of its own.
+    ``blas_serial``: while the ranges run on several threads, BLAS calls use one thread each
+    (run serially, ``work`` keeps the BLAS's own threads)."""
     k = min(_threads, n // max(1, min_items))
-    if k <= 1 or getattr(_inside, "worker", False):
+    if k <= 1 or in_worker():
         if n > 0:
             work(0, n)
         return
     bounds = [n * i // k for i in range(k + 1)]
     pool = _executor()
-    futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, k)]
-    _inside.worker = True           # the caller's share, too, runs nested calls serially
-    try:
-        work(bounds[0], bounds[1])
-    finally:
-        _inside.worker = False
-        for f in futures:
-            f.result()
+    with blas_single_threaded() if blas_serial else contextlib.nullcontext():
+        futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, k)]
+        _inside.worker = True           # the caller's share, too, runs nested calls serially
+        try:
+            work(bounds[0], bounds[1])
+        finally:
+            _inside.worker = False
+            for f in futures:
+                f.result()
 
 
-__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges"]
+
+
+#: Products below this many FLOPs run on one thread: sharing them costs more in waking
+#: threads than it saves.
+SPLIT_MIN_FLOPS = 1 << 23
+#: Shares of a split product are whole multiples of this many result rows or columns.
+SPLIT_UNIT = 16
+
+
+def matmul(a, b, out) -> None:
+    """``numpy.matmul(a, b, out=out)``, the result shared among the threads along its longer
+    side, rows or columns (each share on one BLAS thread), when the product is big enough.
+    Every element is computed as a plain ``matmul`` computes it."""
+    rows, depth = out.shape[-2], a.shape[-1]
+    cols = out.shape[-1]
+    by_rows = rows > cols
+    units = -(-(rows if by_rows else cols) // SPLIT_UNIT)
+    if (_threads <= 1 or in_worker() or units < 2
+            or 2 * depth * out.size < SPLIT_MIN_FLOPS):
+        np.matmul(a, b, out=out)
+        return
+
+    def share(u0: int, u1: int) -> None:
+        i0, i1 = u0 * SPLIT_UNIT, (u1 * SPLIT_UNIT)
+        if by_rows:
+            np.matmul(a[..., i0:i1, :], b, out=out[..., i0:i1, :])
+        else:
+            np.matmul(a, b[..., i0:i1], out=out[..., i0:i1])
+    for_ranges(units, share, blas_serial=True)
+
+
+__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "in_worker", "blas_single_threaded",
+           "blas_controllable", "matmul"]

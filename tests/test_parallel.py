@@ -1,5 +1,5 @@
-"""Element-wise work split over threads: coverage of the ranges, nesting, errors, and layers
-giving the same bits on any number of threads."""
+"""Work split over threads: coverage of the ranges, nesting, errors, the BLAS held to one
+thread, shared products, and layers giving the same bits on any number of threads."""
 
 from __future__ import annotations
 
@@ -79,3 +79,80 @@ def test_pooling_gives_the_same_bits_on_one_and_on_several_threads(spec, four_th
             results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_blas_single_threaded_blocks_nest_and_restore_the_setting():
+    from threadpoolctl import threadpool_limits
+    assert parallel.blas_controllable()
+    with threadpool_limits(limits=2, user_api="blas"):
+        with parallel.blas_single_threaded():
+            assert _blas_threads() == 1
+            with parallel.blas_single_threaded():
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1         # the outer block still holds it
+        assert _blas_threads() == 2
+        with pytest.raises(ValueError), parallel.blas_single_threaded():
+            raise ValueError("inside")
+        assert _blas_threads() == 2
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((40, 300), (300, 2000)),          # wide result: shared by columns
+    ((3000, 300), (300, 40)),          # tall result: shared by rows
+    ((24, 50), (12, 50, 700)),         # batched right operand (pointwise convolutions)
+])
+def test_shared_products_equal_plain_matmul_bit_for_bit(a_shape, b_shape, four_threads, monkeypatch):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(a_shape, dtype=np.float32)
+    b = rng.standard_normal(b_shape, dtype=np.float32)
+    shares = []
+    real = parallel.for_ranges
+
+    def counting(n, work, **kw):
+        def counted(i0, i1):
+            shares.append((i0, i1))
+            work(i0, i1)
+        real(n, counted, **kw)
+    monkeypatch.setattr(parallel, "for_ranges", counting)
+    out = np.full(np.broadcast_shapes(a_shape[:-1] + (1,), b_shape[:-2] + (1, 1))[:-1]
+                  + (b_shape[-1],), np.nan, np.float32)
+    parallel.matmul(a, b, out)
+    assert len(shares) == 4
+    with parallel.blas_single_threaded():
+        expected = np.matmul(a, b)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("channels, outputs", [(16, 32), (32, 16)])   # col2im / flipped kernels
+def test_convolution_gives_the_same_bits_on_one_and_on_several_threads(channels, outputs, four_threads,
+                                                                       monkeypatch):
+    shared = []
+    real = parallel.for_ranges
+
+    def recording(n, work, **kw):
+        shared.append((parallel.num_threads(), n))
+        real(n, work, **kw)
+    monkeypatch.setattr(parallel, "for_ranges", recording)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, channels, 32, 32)).astype(np.float32)
+    spec = (f'type: "Convolution" convolution_param {{ num_output: {outputs} kernel_size: 5 pad: 2 '
+            f'weight_filler {{ type: "gaussian" std: 0.1 }} bias_filler {{ type: "constant" value: 0.1 }} }}')
+    dy = rng.standard_normal((16, outputs, 32, 32)).astype(np.float32)
+    results = []
+    for threads in (1, 4, 4):
+        with parallel.limited(threads):
+            layer, bottoms, tops = setup(spec, [x])
+            layer.forward(bottoms, tops)
+            tops[0].diff = dy.copy()
+            layer.backward(tops, [True], bottoms)
+            results.append([tops[0].data.copy(), bottoms[0].diff.copy()]
+                           + [blob.diff.copy() for blob in layer.blobs])
+    assert any(t == 4 and n >= 4 for t, n in shared)     # batch chunks went to four threads
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

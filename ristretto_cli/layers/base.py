@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import Blob
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.proto import caffe_pb2
@@ -100,7 +101,8 @@ class Layer:
         """Reshape, compute, and return this layer's weighted loss (float32, as Caffe sums it)."""
         try:
             self.reshape(bottom, top)
-            self.forward_cpu(bottom, top)
+            with parallel.blas_single_threaded():
+                self.forward_cpu(bottom, top)
         except RistrettoError as exc:
             raise exc.located(layer=self.name) from None
         loss = np.float32(0)
@@ -116,7 +118,8 @@ class Layer:
         if not self.has_backward:
             raise self.error(f"{self.type} layer has no backward pass, but the net needs one")
         try:
-            self.backward_cpu(top, propagate_down, bottom)
+            with parallel.blas_single_threaded():
+                self.backward_cpu(top, propagate_down, bottom)
         except RistrettoError as exc:
             raise exc.located(layer=self.name) from None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.im2col import (
@@ -55,44 +56,46 @@ def _cols(a: np.ndarray, batch_inner: bool, slot: str) -> np.ndarray:
 
 
 class _WeightGradient:
-    """Accumulates ``a @ b.T`` per group over the chunks of a batch, then adds the sum to the
-    weight gradient ``dw`` ``(groups, m, k)``.
+    """Sums ``a @ b.T`` per group over the chunks of a batch, then adds the sum to the weight
+    gradient ``dw`` ``(groups, m, k)``.
 
-    BLAS runs these products (a long reduction over the columns) markedly faster when the
-    larger of ``m`` and ``k`` is the result's row count, so a short ``m`` (few output
-    channels) is computed as ``(b @ a.T)`` and added transposed at the end, once."""
+    Chunks run in waves of up to ``slots`` at a time, possibly on several threads; each
+    writes its products into its own slot, and ``collect`` adds the slots in chunk order, so
+    the sum is the same whatever the number of threads. BLAS runs these products (a long
+    reduction over the columns) markedly faster when the larger of ``m`` and ``k`` is the
+    result's row count, so a short ``m`` (few output channels) is computed as ``(b @ a.T)``
+    and added transposed at the end, once."""
 
-    def __init__(self, dw: np.ndarray):
+    def __init__(self, dw: np.ndarray, slots: int):
         self.dw = dw
         g, m, k = dw.shape
         self.transposed = m < k
         shape = (g, k, m) if self.transposed else (g, m, k)
         self.acc = scratch("wgrad", shape, dw.dtype)
-        self.fresh = [True] * g
+        self.parts = scratch("wgrad_parts", (slots,) + shape, dw.dtype)
+        self.fresh = True
 
-    def add(self, g: int, a: np.ndarray, b: np.ndarray) -> None:
+    def add(self, slot: int, g: int, a: np.ndarray, b: np.ndarray) -> None:
         lhs, rhs = (b, a) if self.transposed else (a, b)
-        if self.fresh[g]:
-            np.matmul(lhs, rhs.T, out=self.acc[g])
-            self.fresh[g] = False
-        else:
-            tmp = scratch("wgrad_chunk", self.acc.shape[1:], self.acc.dtype)
-            np.matmul(lhs, rhs.T, out=tmp)
-            self.acc[g] += tmp
+        parallel.matmul(lhs, rhs.T, self.parts[slot, g])
 
-    def add_items(self, g: int, a: np.ndarray, b: np.ndarray) -> None:
+    def add_items(self, slot: int, g: int, a: np.ndarray, b: np.ndarray) -> None:
         """As ``add`` with ``a`` ``(n, m, P)`` and ``b`` ``(n, k, P)``: the sum over the n
         items of ``a[i] @ b[i].T``, one GEMM per item, no transposing copies."""
         lhs, rhs = (b, a) if self.transposed else (a, b)
-        per_item = np.matmul(lhs, rhs.transpose(0, 2, 1))
-        if self.fresh[g]:
-            np.add.reduce(per_item, axis=0, out=self.acc[g])
-            self.fresh[g] = False
-        else:
-            self.acc[g] += np.add.reduce(per_item, axis=0)
+        np.add.reduce(np.matmul(lhs, rhs.transpose(0, 2, 1)), axis=0, out=self.parts[slot, g])
+
+    def collect(self, slots: int) -> None:
+        """Adds the products of a wave's ``slots`` chunks, in chunk order."""
+        for part in self.parts[:slots]:
+            if self.fresh:
+                np.copyto(self.acc, part)
+                self.fresh = False
+            else:
+                self.acc += part
 
     def finish(self) -> None:
-        if not any(self.fresh):
+        if not self.fresh:
             self.dw += self.acc.transpose(0, 2, 1) if self.transposed else self.acc
 
 
@@ -217,6 +220,55 @@ class BaseConvolutionLayer(Layer):
         within HOOKED_CHUNK_ELEMENTS (cache), down to MIN_GEMM_COLUMNS columns per GEMM."""
         return max(HOOKED_CHUNK_ELEMENTS // max(1, per_item), -(-MIN_GEMM_COLUMNS // max(1, positions)), 1)
 
+    def _chunk_bounds(self, step: int) -> list[int]:
+        """Boundaries of the batch chunks of at most ``step`` items, as even as possible. With
+        several threads and enough work their number is a multiple of the thread count, so
+        that the threads get equal shares."""
+        n = self.num
+        chunks = -(-n // max(1, step))
+        threads = 1 if parallel.in_worker() else parallel.num_threads()
+        if threads > 1 and (chunks > 1 or self._gemm_flops() >= threads * parallel.SPLIT_MIN_FLOPS):
+            chunks = min(n, -(-chunks // threads) * threads)
+        return [n * i // chunks for i in range(chunks + 1)]
+
+    def _gemm_flops(self) -> int:
+        """Multiply-adds x 2 of the layer's forward GEMMs."""
+        geo = self.geometry
+        return 2 * self.num * self.num_output * (self.channels // self.group) * geo.kernel_size * geo.col_size
+
+    @staticmethod
+    def _each_chunk(bounds: list[int], work) -> None:
+        """``work(n0, n1)`` for every chunk; several chunks are shared among the threads,
+        each chunk's GEMMs then on one BLAS thread (the results are the same)."""
+        def share(i0: int, i1: int) -> None:
+            for i in range(i0, i1):
+                work(bounds[i], bounds[i + 1])
+        parallel.for_ranges(len(bounds) - 1, share, blas_serial=True)
+
+    @staticmethod
+    def _each_chunk_summed(bounds: list[int], work, dwg: _WeightGradient | None) -> None:
+        """As ``_each_chunk`` for backward chunks ``work(slot, n0, n1)`` that put their
+        weight-gradient products into ``slot`` of ``dwg``: the chunks run in waves of one
+        per slot, each wave's products summed in chunk order."""
+        if dwg is None:
+            BaseConvolutionLayer._each_chunk(bounds, lambda n0, n1: work(0, n0, n1))
+            return
+        chunks, slots = len(bounds) - 1, dwg.parts.shape[0]
+        for w0 in range(0, chunks, slots):
+            w1 = min(chunks, w0 + slots)
+
+            def share(i0: int, i1: int, w0: int = w0) -> None:
+                for i in range(i0, i1):
+                    work(i, bounds[w0 + i], bounds[w0 + i + 1])
+            parallel.for_ranges(w1 - w0, share, blas_serial=True)
+            dwg.collect(w1 - w0)
+
+    def _weight_gradient(self, dw: np.ndarray | None, shape, chunks: int) -> _WeightGradient | None:
+        if dw is None:
+            return None
+        threads = 1 if parallel.in_worker() else parallel.num_threads()
+        return _WeightGradient(dw.reshape(shape), max(1, min(threads, chunks)))
+
     # ----------------------------------------------------------------- forward / backward
     def forward_cpu(self, bottom, top):
         w, b = self.forward_weights()
@@ -272,16 +324,17 @@ class ConvolutionLayer(BaseConvolutionLayer):
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
         if chunk_input is not None or chunk_output is not None:
             step = min(step, self._hooked_chunk(max(c, o) * p, p))
-        for n0 in range(0, self.num, step):
-            xc, yc = x[n0:n0 + step], y[n0:n0 + step]
-            n = xc.shape[0]
+
+        def forward_chunk(n0: int, n1: int) -> None:
+            xc, yc = x[n0:n1], y[n0:n1]
+            n = n1 - n0
             if chunk_input is not None:
                 chunk_input(xc)
             if geo.pointwise:
                 # The input is the column buffer: a batched GEMM straight into the top.
                 xc = xc.reshape(n, c, p)
                 for g in range(g_):
-                    np.matmul(wg[g], xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
+                    parallel.matmul(wg[g], xc[:, g * cg:(g + 1) * cg], yc[:, g * og:(g + 1) * og])
                 if bias is not None:
                     yc += bias
             else:
@@ -289,17 +342,17 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
                 res = scratch("gemm", (o, n * p), x.dtype)
                 for g in range(g_):
-                    np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * og:(g + 1) * og])
+                    parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
                 self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
+        self._each_chunk(self._chunk_bounds(step), forward_chunk)
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group
         c, o, p = self.channels, self.num_output, geo.col_size
         cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
         wg = w.reshape(g_, og, kg)
-        dwg = _WeightGradient(dw.reshape(g_, og, kg)) if dw is not None else None
         dy = dy.reshape(self.num, o, p)
         flipped = self._flipped_geometry() if dx is not None else None
         if flipped is not None:
@@ -308,26 +361,29 @@ class ConvolutionLayer(BaseConvolutionLayer):
             step = self._chunk(max(c, o) * geo.kernel_size, max(p, geo.image_size))
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
-        for n0 in range(0, self.num, step):
-            xc, dyc = x[n0:n0 + step], dy[n0:n0 + step]
-            n = xc.shape[0]
+        bounds = self._chunk_bounds(step)
+        dwg = self._weight_gradient(dw, (g_, og, kg), len(bounds) - 1)
+
+        def backward_chunk(slot: int, n0: int, n1: int) -> None:
+            xc, dyc = x[n0:n1], dy[n0:n1]
+            n = n1 - n0
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
             if geo.pointwise:
                 if dwg is not None:   # per item: the inputs are already column buffers
                     xi = xc.reshape(n, c, p)
                     for g in range(g_):
-                        dwg.add_items(g, dyc[:, g * og:(g + 1) * og], xi[:, g * cg:(g + 1) * cg])
+                        dwg.add_items(slot, g, dyc[:, g * og:(g + 1) * og], xi[:, g * cg:(g + 1) * cg])
                 if dx is not None:
-                    dxc = dx[n0:n0 + step].reshape(n, c, p)
+                    dxc = dx[n0:n1].reshape(n, c, p)
                     for g in range(g_):
-                        np.matmul(wg[g].T, dyc[:, g * og:(g + 1) * og], out=dxc[:, g * cg:(g + 1) * cg])
-                continue
+                        parallel.matmul(wg[g].T, dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
+                return
             col = scratch("col", (c * geo.kernel_size, n * p), x.dtype)
             if dwg is not None:
                 dyt = _cols(dyc, bi, "gemm")
                 im2col(xc, geo, bi, out=col)
                 for g in range(g_):
-                    dwg.add(g, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                    dwg.add(slot, g, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
             if flipped is not None:
                 # dx is the full correlation of dy with the flipped kernels
                 fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
@@ -335,14 +391,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
                               out=scratch("col", (o * geo.kernel_size, n * geo.image_size), x.dtype))
                 res = scratch("gemm", (c, n * geo.image_size), x.dtype)
                 for g in range(g_):
-                    np.matmul(wf[g], fcol[g * fk:(g + 1) * fk], out=res[g * cg:(g + 1) * cg])
-                np.copyto(dx[n0:n0 + step], from_cols(res, n, geo.image, fbi))
+                    parallel.matmul(wf[g], fcol[g * fk:(g + 1) * fk], res[g * cg:(g + 1) * cg])
+                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, fbi))
             elif dx is not None:
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
                 for g in range(g_):   # the column buffer is reused for the column gradient
-                    np.matmul(wg[g].T, dyt[g * og:(g + 1) * og], out=col[g * kg:(g + 1) * kg])
-                col2im(col, geo, n, c, bi, out=dx[n0:n0 + step])
+                    parallel.matmul(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                col2im(col, geo, n, c, bi, out=dx[n0:n1])
+        self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:
             dwg.finish()
 
@@ -382,15 +439,16 @@ class DeconvolutionLayer(BaseConvolutionLayer):
         wg = w.reshape(g_, cg, kg)
         step = self._chunk(max(o * geo.kernel_size, c), p)
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
-        for n0 in range(0, self.num, step):
-            xc, yc = x[n0:n0 + step], y[n0:n0 + step]
-            n = xc.shape[0]
+
+        def forward_chunk(n0: int, n1: int) -> None:
+            xc, yc = x[n0:n1], y[n0:n1]
+            n = n1 - n0
             if chunk_input is not None:
                 chunk_input(xc)
             if geo.pointwise:
                 xc = xc.reshape(n, c, p)
                 for g in range(g_):
-                    np.matmul(wg[g].T, xc[:, g * cg:(g + 1) * cg], out=yc[:, g * og:(g + 1) * og])
+                    parallel.matmul(wg[g].T, xc[:, g * cg:(g + 1) * cg], yc[:, g * og:(g + 1) * og])
                 if bias is not None:
                     yc += bias
             else:
@@ -398,22 +456,25 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                 xt = _cols(xc, bi, "gemm")
                 col = scratch("col", (o * geo.kernel_size, n * p), x.dtype)
                 for g in range(g_):
-                    np.matmul(wg[g].T, xt[g * cg:(g + 1) * cg], out=col[g * kg:(g + 1) * kg])
+                    parallel.matmul(wg[g].T, xt[g * cg:(g + 1) * cg], col[g * kg:(g + 1) * kg])
                 self._store(yc.reshape((n, o) + geo.image), col2im(col, geo, n, o, bi),
                             None if bias is None else bias.reshape((o,) + (1,) * len(geo.image)))
             if chunk_output is not None:
                 chunk_output(yc)
+        self._each_chunk(self._chunk_bounds(step), forward_chunk)
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group
         c, o, p = self.channels, self.num_output, geo.col_size
         cg, og, kg = c // g_, o // g_, (o // g_) * geo.kernel_size
         wg = w.reshape(g_, cg, kg)
-        dwg = _WeightGradient(dw.reshape(g_, cg, kg)) if dw is not None else None
         step = self._chunk(max(o * geo.kernel_size, c), p)
-        for n0 in range(0, self.num, step):
-            xc, dyc = x[n0:n0 + step], dy[n0:n0 + step]
-            n = xc.shape[0]
+        bounds = self._chunk_bounds(step)
+        dwg = self._weight_gradient(dw, (g_, cg, kg), len(bounds) - 1)
+
+        def backward_chunk(slot: int, n0: int, n1: int) -> None:
+            xc, dyc = x[n0:n1], dy[n0:n1]
+            n = n1 - n0
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
             if geo.pointwise:
                 dyc = dyc.reshape(n, o, p)
@@ -421,21 +482,22 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                     xt = _cols(xc.reshape(n, c, p), bi, "gemm")
                     dyt = _cols(dyc, bi, "col")
                     for g in range(g_):
-                        dwg.add(g, xt[g * cg:(g + 1) * cg], dyt[g * og:(g + 1) * og])
+                        dwg.add(slot, g, xt[g * cg:(g + 1) * cg], dyt[g * og:(g + 1) * og])
                 if dx is not None:
-                    dxc = dx[n0:n0 + step].reshape(n, c, p)
+                    dxc = dx[n0:n1].reshape(n, c, p)
                     for g in range(g_):
-                        np.matmul(wg[g], dyc[:, g * og:(g + 1) * og], out=dxc[:, g * cg:(g + 1) * cg])
-                continue
+                        parallel.matmul(wg[g], dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
+                return
             col = im2col(dyc, geo, bi, out=scratch("col", (o * geo.kernel_size, n * p), x.dtype))
             if dwg is not None:
                 xt = _cols(xc, bi, "gemm")
                 for g in range(g_):
-                    dwg.add(g, xt[g * cg:(g + 1) * cg], col[g * kg:(g + 1) * kg])
+                    dwg.add(slot, g, xt[g * cg:(g + 1) * cg], col[g * kg:(g + 1) * kg])
             if dx is not None:
                 res = scratch("gemm", (c, n * p), x.dtype)
                 for g in range(g_):
-                    np.matmul(wg[g], col[g * kg:(g + 1) * kg], out=res[g * cg:(g + 1) * cg])
-                np.copyto(dx[n0:n0 + step], from_cols(res, n, geo.cols, bi))
+                    parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * cg:(g + 1) * cg])
+                np.copyto(dx[n0:n1], from_cols(res, n, geo.cols, bi))
+        self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:
             dwg.finish()

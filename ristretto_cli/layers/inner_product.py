@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.im2col import scratch
@@ -89,10 +90,10 @@ class InnerProductLayer(Layer):
             # BLAS streams the weights markedly faster with them as the left operand (the
             # long side as the result's rows): compute yᵀ = Wᵀ·xᵀ, then transpose (small).
             yt = scratch("ip", (self.num_output, self.m), y.dtype)
-            np.matmul(w.T, x.T, out=yt)
+            parallel.matmul(w.T, x.T, yt)
             np.copyto(y, yt.T)
         else:
-            np.matmul(x, w, out=y)
+            parallel.matmul(x, w, y)
         if b is not None:
             y += b.reshape(-1)
 
@@ -105,9 +106,11 @@ class InnerProductLayer(Layer):
             # The product goes to reused scratch memory: a fresh array of a large layer's
             # size (150 MB for CaffeNet's fc6) costs more in page faults than the GEMM.
             if self.transpose:
-                grad = np.matmul(x.T, dy, out=scratch("ip", (self.k, self.num_output), dy.dtype))
+                grad = scratch("ip", (self.k, self.num_output), dy.dtype)
+                parallel.matmul(x.T, dy, grad)
             else:
-                grad = np.matmul(dy.T, x, out=scratch("ip", (self.num_output, self.k), dy.dtype))
+                grad = scratch("ip", (self.num_output, self.k), dy.dtype)
+                parallel.matmul(dy.T, x, grad)
             dw += grad.reshape(dw.shape)
         if self.bias_term and len(ppd) > 1 and ppd[1]:
             db = self.blobs[1].diff
@@ -116,4 +119,4 @@ class InnerProductLayer(Layer):
             w = self._used_weights if self._used_weights is not None else self.forward_weights()[0]
             w = w.reshape(self.k, self.num_output).T if self.transpose else w.reshape(self.num_output, self.k)
             dx = _contiguous(bottom[0], "diff").reshape(self.m, self.k)
-            np.matmul(dy, w, out=dx)
+            parallel.matmul(dy, w, dx)

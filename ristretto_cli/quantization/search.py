@@ -503,13 +503,9 @@ def quantize(options: QuantizeOptions) -> QuantizeResult:
 
 
 def _blas_single_thread():
-    """A context that runs BLAS single-threaded, or None when threadpoolctl is missing.
+    """A context that runs BLAS single-threaded, or None when its threads cannot be set.
     Single-threaded BLAS makes the results independent of the number of workers and cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
+    return parallel.blas_single_threaded() if parallel.blas_controllable() else None
 
 
 __all__ = ["QuantizeOptions", "QuantizeResult", "Sweep", "Point", "TRIMMING_MODES", "quantize", "choose"]
