@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.registry import register
@@ -172,6 +173,11 @@ def _legacy_or_axis(layer: Layer, param, legacy: str, ndim: int) -> int:
     return layer_axis(layer, param.axis, ndim, f"{layer.type.lower()} axis")
 
 
+def _min_rows(a: np.ndarray) -> int:
+    """Rows (items of the first axis) worth a thread of their own: about 1 MB of ``a``."""
+    return max(1, (1 << 20) // max(1, a.nbytes // max(1, a.shape[0])))
+
+
 @register("Concat")
 class ConcatLayer(Layer):
     """Joins the bottoms along one axis; with a single bottom the top aliases it."""
@@ -207,7 +213,17 @@ class ConcatLayer(Layer):
         if len(bottom) == 1:
             top[0].data = bottom[0].data
             return
-        top[0].data = np.concatenate([b.data for b in bottom], axis=self._axis)
+        y, axis = top[0].data, self._axis
+        if not (y.flags.writeable and y.flags.c_contiguous) or any(b.data is y for b in bottom):
+            top[0].data = np.concatenate([b.data for b in bottom], axis=axis)
+            return
+        xs = [b.data for b in bottom]
+        if axis == 0:
+            np.concatenate(xs, axis=0, out=y)
+            return
+        # Items before the axis are independent: shared among the threads.
+        parallel.for_ranges(y.shape[0], lambda i0, i1: np.concatenate(
+            [x[i0:i1] for x in xs], axis=axis, out=y[i0:i1]), min_items=_min_rows(y))
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff
@@ -215,10 +231,25 @@ class ConcatLayer(Layer):
             if propagate_down[0]:
                 bottom[0].diff = dy
             return
-        stops = np.cumsum([b.shape[self._axis] for b in bottom])[:-1]
-        for b, down, piece in zip(bottom, propagate_down, np.split(dy, stops, axis=self._axis)):
+        axis = self._axis
+        stops = np.cumsum([b.shape[axis] for b in bottom])[:-1]
+        pieces = np.split(dy, stops, axis=axis)
+        targets = []
+        for b, down, piece in zip(bottom, propagate_down, pieces):
             if down:
-                b.diff = piece.copy()
+                b.diff = np.empty(piece.shape, piece.dtype)   # never an alias of another blob's
+                targets.append((piece, b.diff))
+        if not targets:
+            return
+        if axis == 0:
+            for piece, dx in targets:
+                np.copyto(dx, piece)
+            return
+
+        def copy(i0: int, i1: int) -> None:
+            for piece, dx in targets:
+                np.copyto(dx[i0:i1], piece[i0:i1])
+        parallel.for_ranges(dy.shape[0], copy, min_items=_min_rows(dy))
 
 
 @register("Slice")

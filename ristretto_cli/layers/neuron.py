@@ -20,7 +20,9 @@ import math
 
 import numpy as np
 
+from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
+from ristretto_cli.layers.im2col import scratch
 from ristretto_cli.layers.registry import register
 
 
@@ -87,6 +89,32 @@ class NeuronLayer(Layer):
 
 
 # --------------------------------------------------------------------------- rectifiers
+#: Element-wise passes go block by block of this many elements (each block's passes in the
+#: cache), the blocks shared among the threads when there are at least PARALLEL_MIN_ELEMENTS.
+BLOCK_ELEMENTS = 1 << 16
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def _flat_blocks(n: int, work) -> None:
+    """``work(i0, i1)`` over cache-sized blocks covering ``0..n``, shared among the threads."""
+    def blocks(b0: int, b1: int) -> None:
+        for b in range(b0, b1):
+            work(b * BLOCK_ELEMENTS, min(n, (b + 1) * BLOCK_ELEMENTS))
+    nblocks = -(-n // BLOCK_ELEMENTS)
+    parallel.for_ranges(nblocks, blocks, min_items=max(1, PARALLEL_MIN_ELEMENTS // BLOCK_ELEMENTS))
+
+
+def _relu(x: np.ndarray, y: np.ndarray) -> None:
+    """``y = max(x, 0)``, where Caffe still adds 0 * min(x, 0): NaN for x = -inf (found
+    cheaply first). ``y`` may be ``x``."""
+    neg_inf = None
+    if not np.min(x, initial=0.0) > -np.inf:
+        neg_inf = np.isneginf(x)
+    np.maximum(x, 0, out=y)
+    if neg_inf is not None:
+        y[neg_inf] = np.nan
+
+
 @register("ReLU")
 class ReLULayer(NeuronLayer):
     """y = max(x, 0) + negative_slope * min(x, 0)."""
@@ -96,13 +124,11 @@ class ReLULayer(NeuronLayer):
         dt = x.dtype.type
         ns = dt(self.param.relu_param.negative_slope)
         if ns == 0:
-            # Caffe still adds 0 * min(x, 0), which is NaN for x = -inf; find those cheaply first.
-            neg_inf = None
-            if not np.min(x, initial=0.0) > -np.inf:
-                neg_inf = np.isneginf(x)
-            np.maximum(x, 0, out=y)
-            if neg_inf is not None:
-                y[neg_inf] = np.nan
+            if x.flags.c_contiguous and y.flags.c_contiguous:
+                xf, yf = x.reshape(-1), y.reshape(-1)
+                _flat_blocks(xf.size, lambda i0, i1: _relu(xf[i0:i1], yf[i0:i1]))
+            else:
+                _relu(x, y)
             return
         neg = np.minimum(x, 0)
         neg *= ns
@@ -118,7 +144,16 @@ class ReLULayer(NeuronLayer):
         dx = self.bottom_grad(top, bottom)
         ns = x.dtype.type(self.param.relu_param.negative_slope)
         if ns == 0:
-            np.multiply(dy, x > 0, out=dx)
+            if x.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
+                xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+
+                def gate(i0: int, i1: int) -> None:
+                    mask = scratch("relu_mask", (i1 - i0,), np.bool_)
+                    np.greater(xf[i0:i1], 0, out=mask)
+                    np.multiply(dyf[i0:i1], mask, out=dxf[i0:i1])
+                _flat_blocks(xf.size, gate)
+            else:
+                np.multiply(dy, x > 0, out=dx)
             return
         # (x > 0) + ns * (x <= 0): NaN inputs get 0, as in Caffe.
         work = self.scratch(dx, top, bottom)

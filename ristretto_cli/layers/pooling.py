@@ -256,13 +256,23 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     if out is None:
         out = np.empty(_lead(x) + geo.pooled, x.dtype)
     if geo.whole_plane:
-        # cumsum adds sequentially in row-major order, exactly as Caffe's loop does
-        flat = x.reshape(x.shape[:-2] + (-1,))
+        # cumsum adds sequentially in row-major order, exactly as Caffe's loop does; block
+        # by block of planes (in the cache, shared among the threads)
+        flat = x.reshape(-1, geo.size[0] * geo.size[1])
         if not flat.shape[-1]:
             flat = np.zeros(flat.shape[:-1] + (1,), x.dtype)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(np.cumsum(flat, axis=-1)[..., -1:], x.dtype.type(geo.size[0] * geo.size[1]),
-                      out=out.reshape(flat.shape[:-1] + (1,)))
+        if not out.flags.c_contiguous:
+            np.copyto(out, ave_pool_forward(x, geo))
+            return out
+        dest = out.reshape(-1)
+        divisor = x.dtype.type(geo.size[0] * geo.size[1])
+        plane_bytes = flat.shape[1] * x.dtype.itemsize
+
+        def work(b0: int, b1: int) -> None:
+            sums = np.cumsum(flat[b0:b1], axis=-1, out=scratch("pool_sums", flat[b0:b1].shape, x.dtype))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.divide(sums[:, -1], divisor, out=dest[b0:b1])
+        geo.run_blocks(flat.shape[0], plane_bytes, work)
         return out
     if not x.size:
         return out
