@@ -25,6 +25,30 @@ def _contiguous(blob, what: str) -> np.ndarray:
     return arr
 
 
+#: Rows of a weight gradient computed and added per block: about this many bytes, so that
+#: each block's product is added while it is in the cache.
+GRADIENT_BLOCK_BYTES = 1 << 18
+
+
+def _add_product(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
+    """``acc += a @ b`` block by block of rows, the blocks shared among the threads. With a
+    short inner dimension (the batch) the product costs less than moving it through memory:
+    made whole it would be written out, read back and added (600 MB of traffic for CaffeNet's
+    fc6, against 300 MB this way, and no page faults)."""
+    rows, cols = acc.shape
+    step = max(1, GRADIENT_BLOCK_BYTES // max(1, cols * acc.itemsize))
+
+    def blocks(i0: int, i1: int) -> None:
+        for r0 in range(i0 * step, min(rows, i1 * step), step):
+            r1 = min(rows, r0 + step)
+            part = scratch("ip_grad", (r1 - r0, cols), acc.dtype)
+            np.matmul(a[r0:r1], b, out=part)
+            acc[r0:r1] += part
+    nblocks = -(-rows // step)
+    work = 2 * a.shape[1] * acc.size
+    parallel.for_ranges(nblocks, blocks, min_items=1 if work >= 2 * parallel.SPLIT_MIN_FLOPS else nblocks)
+
+
 @register("InnerProduct")
 class InnerProductLayer(Layer):
     """``y = x·Wᵀ + b`` with ``x`` viewed as ``(M, K)``, ``K = count(axis)``; ``W`` is
@@ -103,15 +127,12 @@ class InnerProductLayer(Layer):
         ppd = self.param_propagate_down
         if ppd and ppd[0]:
             dw = self.blobs[0].diff
-            # The product goes to reused scratch memory: a fresh array of a large layer's
-            # size (150 MB for CaffeNet's fc6) costs more in page faults than the GEMM.
+            if not dw.flags.c_contiguous:          # a view of it must write through
+                self.blobs[0].diff = dw = np.ascontiguousarray(dw)
             if self.transpose:
-                grad = scratch("ip", (self.k, self.num_output), dy.dtype)
-                parallel.matmul(x.T, dy, grad)
+                _add_product(x.T, dy, dw.reshape(self.k, self.num_output))
             else:
-                grad = scratch("ip", (self.num_output, self.k), dy.dtype)
-                parallel.matmul(dy.T, x, grad)
-            dw += grad.reshape(dw.shape)
+                _add_product(dy.T, x, dw.reshape(self.num_output, self.k))
         if self.bias_term and len(ppd) > 1 and ppd[1]:
             db = self.blobs[1].diff
             db += dy.sum(axis=0, dtype=dy.dtype).reshape(db.shape)
