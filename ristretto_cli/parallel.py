@@ -5,7 +5,8 @@ work among its own threads instead: one pool of Python threads, each working on 
 contiguous range (``for_ranges``). NumPy calls and BLAS products release the GIL, so the
 shares run in parallel. Convolutions share their batch chunks (a chunk's column buffer is
 then built and multiplied on one core, in its cache); single big products share their result
-columns (``matmul``); pooling shares blocks of planes. Below ``min_items`` per thread, or
+rows or columns (``matmul``); pooling, ReLU and weight gradients share cache-sized blocks
+(``for_blocks``). Below ``min_items`` per thread, or
 inside a pool thread, work runs serially. The BLAS's own threads are avoided because small
 products scale badly inside it and its idle threads keep spinning on the cores after a call.
 
@@ -139,19 +140,24 @@ def blas_single_threaded() -> _BlasSingleThreaded:
 _BLAS_SINGLE_THREADED = _BlasSingleThreaded()
 
 
-def for_ranges(n: int, work, min_items: int = 1, blas_serial: bool = False) -> None:
+def usable_threads() -> int:
+    """Threads a split may use here: 1 inside a share of ``for_ranges`` (nested splits run
+    serially), else the engine's thread count."""
+    return 1 if in_worker() else _threads
+
+
+def for_ranges(n: int, work, min_items: int = 1) -> None:
     """``work(i0, i1)`` over contiguous ranges that cover ``0..n`` once; each range's items
     must be independent of the others'. ``min_items`` is the least worth a thread of its own.
-    ``blas_serial``: while the ranges run on several threads, BLAS calls use one thread each
-    (run serially, ``work`` keeps the BLAS's own threads)."""
-    k = min(_threads, n // max(1, min_items))
-    if k <= 1 or in_worker():
+    While the ranges run on several threads, BLAS calls use one thread each."""
+    k = min(usable_threads(), n // max(1, min_items))
+    if k <= 1:
         if n > 0:
             work(0, n)
         return
     bounds = [n * i // k for i in range(k + 1)]
     pool = _executor()
-    with blas_single_threaded() if blas_serial else contextlib.nullcontext():
+    with blas_single_threaded():
         futures = [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, k)]
         _inside.worker = True           # the caller's share, too, runs nested calls serially
         try:
@@ -162,6 +168,16 @@ def for_ranges(n: int, work, min_items: int = 1, blas_serial: bool = False) -> N
                 f.result()
 
 
+def for_blocks(n: int, step: int, work, min_blocks: int = 1) -> None:
+    """``work(i0, i1)`` over consecutive blocks of at most ``step`` items covering ``0..n``
+    (each block sized to be worked on in the cache), the blocks shared among the threads
+    when each gets at least ``min_blocks``."""
+    step = max(1, step)
+
+    def blocks(b0: int, b1: int) -> None:
+        for b in range(b0, b1):
+            work(b * step, min(n, (b + 1) * step))
+    for_ranges(-(-n // step), blocks, min_items=min_blocks)
 
 
 #: Products below this many FLOPs run on one thread: sharing them costs more in waking
@@ -179,8 +195,7 @@ def matmul(a, b, out) -> None:
     cols = out.shape[-1]
     by_rows = rows > cols
     units = -(-(rows if by_rows else cols) // SPLIT_UNIT)
-    if (_threads <= 1 or in_worker() or units < 2
-            or 2 * depth * out.size < SPLIT_MIN_FLOPS):
+    if usable_threads() <= 1 or units < 2 or 2 * depth * out.size < SPLIT_MIN_FLOPS:
         np.matmul(a, b, out=out)
         return
 
@@ -190,8 +205,8 @@ def matmul(a, b, out) -> None:
             np.matmul(a[..., i0:i1, :], b, out=out[..., i0:i1, :])
         else:
             np.matmul(a, b[..., i0:i1], out=out[..., i0:i1])
-    for_ranges(units, share, blas_serial=True)
+    for_ranges(units, share)
 
 
-__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "in_worker", "blas_single_threaded",
-           "blas_controllable", "matmul"]
+__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "for_blocks", "in_worker",
+           "usable_threads", "blas_single_threaded", "blas_controllable", "matmul"]

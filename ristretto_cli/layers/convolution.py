@@ -226,7 +226,7 @@ class BaseConvolutionLayer(Layer):
         that the threads get equal shares."""
         n = self.num
         chunks = -(-n // max(1, step))
-        threads = 1 if parallel.in_worker() else parallel.num_threads()
+        threads = parallel.usable_threads()
         if threads > 1 and (chunks > 1 or self._gemm_flops() >= threads * parallel.SPLIT_MIN_FLOPS):
             chunks = min(n, -(-chunks // threads) * threads)
         return [n * i // chunks for i in range(chunks + 1)]
@@ -243,7 +243,7 @@ class BaseConvolutionLayer(Layer):
         def share(i0: int, i1: int) -> None:
             for i in range(i0, i1):
                 work(bounds[i], bounds[i + 1])
-        parallel.for_ranges(len(bounds) - 1, share, blas_serial=True)
+        parallel.for_ranges(len(bounds) - 1, share)
 
     @staticmethod
     def _each_chunk_summed(bounds: list[int], work, dwg: _WeightGradient | None) -> None:
@@ -260,14 +260,13 @@ class BaseConvolutionLayer(Layer):
             def share(i0: int, i1: int, w0: int = w0) -> None:
                 for i in range(i0, i1):
                     work(i, bounds[w0 + i], bounds[w0 + i + 1])
-            parallel.for_ranges(w1 - w0, share, blas_serial=True)
+            parallel.for_ranges(w1 - w0, share)
             dwg.collect(w1 - w0)
 
     def _weight_gradient(self, dw: np.ndarray | None, shape, chunks: int) -> _WeightGradient | None:
         if dw is None:
             return None
-        threads = 1 if parallel.in_worker() else parallel.num_threads()
-        return _WeightGradient(dw.reshape(shape), max(1, min(threads, chunks)))
+        return _WeightGradient(dw.reshape(shape), max(1, min(parallel.usable_threads(), chunks)))
 
     # ----------------------------------------------------------------- forward / backward
     def forward_cpu(self, bottom, top):

@@ -38,15 +38,12 @@ def _add_product(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
     rows, cols = acc.shape
     step = max(1, GRADIENT_BLOCK_BYTES // max(1, cols * acc.itemsize))
 
-    def blocks(i0: int, i1: int) -> None:
-        for r0 in range(i0 * step, min(rows, i1 * step), step):
-            r1 = min(rows, r0 + step)
-            part = scratch("ip_grad", (r1 - r0, cols), acc.dtype)
-            np.matmul(a[r0:r1], b, out=part)
-            acc[r0:r1] += part
-    nblocks = -(-rows // step)
-    work = 2 * a.shape[1] * acc.size
-    parallel.for_ranges(nblocks, blocks, min_items=1 if work >= 2 * parallel.SPLIT_MIN_FLOPS else nblocks)
+    def block(r0: int, r1: int) -> None:
+        part = scratch("ip_grad", (r1 - r0, cols), acc.dtype)
+        np.matmul(a[r0:r1], b, out=part)
+        acc[r0:r1] += part
+    split = 2 * a.shape[1] * acc.size >= 2 * parallel.SPLIT_MIN_FLOPS
+    parallel.for_blocks(rows, step, block, min_blocks=1 if split else max(1, rows))
 
 
 @register("InnerProduct")

@@ -214,7 +214,7 @@ class ConcatLayer(Layer):
             top[0].data = bottom[0].data
             return
         y, axis = top[0].data, self._axis
-        if not (y.flags.writeable and y.flags.c_contiguous) or any(b.data is y for b in bottom):
+        if not (y.flags.writeable and y.flags.c_contiguous):
             top[0].data = np.concatenate([b.data for b in bottom], axis=axis)
             return
         xs = [b.data for b in bottom]

@@ -97,11 +97,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 
 def _flat_blocks(n: int, work) -> None:
     """``work(i0, i1)`` over cache-sized blocks covering ``0..n``, shared among the threads."""
-    def blocks(b0: int, b1: int) -> None:
-        for b in range(b0, b1):
-            work(b * BLOCK_ELEMENTS, min(n, (b + 1) * BLOCK_ELEMENTS))
-    nblocks = -(-n // BLOCK_ELEMENTS)
-    parallel.for_ranges(nblocks, blocks, min_items=max(1, PARALLEL_MIN_ELEMENTS // BLOCK_ELEMENTS))
+    parallel.for_blocks(n, BLOCK_ELEMENTS, work, min_blocks=max(1, PARALLEL_MIN_ELEMENTS // BLOCK_ELEMENTS))
 
 
 def _relu(x: np.ndarray, y: np.ndarray) -> None:

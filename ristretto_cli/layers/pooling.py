@@ -174,15 +174,10 @@ class PoolGeometry:
         shared among the threads when there is enough work (blocks are independent)."""
         step = max(1, PHASE_BLOCK_BYTES // max(1, plane_bytes))
         split = m * plane_bytes >= PARALLEL_MIN_BYTES
-        threads = parallel.num_threads()
+        threads = parallel.usable_threads()
         if threads > 1 and split:
             step = min(step, -(-m // threads))
-
-        def blocks(i0: int, i1: int) -> None:
-            for i in range(i0, i1):
-                work(i * step, min((i + 1) * step, m))
-        nblocks = -(-m // step)
-        parallel.for_ranges(nblocks, blocks, min_items=1 if split else nblocks)
+        parallel.for_blocks(m, step, work, min_blocks=1 if split else max(1, m))
 
     @property
     def whole_plane(self) -> bool:
