@@ -163,6 +163,7 @@ class Net:
                         self._blob_need_backward[name] = True
 
         self._analyse_backward(say)
+        self._fused_relus = self._find_fused_relus()
         if self.force_backward:
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
@@ -271,14 +272,41 @@ class Net:
                 if not self.bottom_need_backward[i][j]:
                     skip_backprop.add(b.name)
 
+    def _find_fused_relus(self) -> set[int]:
+        """Indices of the in-place ReLUs (negative_slope 0) that the layer just before them
+        applies while computing its top, chunk by chunk in cache, instead of a whole pass of
+        their own: where that layer supports it and has this one top, and neither adds to the
+        loss (nothing then reads the top between the two). Same values either way."""
+        fused = set()
+        for i in range(1, len(self.layers)):
+            layer, before = self.layers[i], self.layers[i - 1]
+            top = self.top_vecs[i - 1]
+            if (before.fuses_relu and layer.type == "ReLU" and len(top) == 1
+                    and layer.param.relu_param.negative_slope == 0
+                    and len(self.bottom_vecs[i]) == len(self.top_vecs[i]) == 1
+                    and self.bottom_vecs[i][0] is top[0] and self.top_vecs[i][0] is top[0]
+                    and not any(before.loss_weights) and not any(layer.loss_weights)):
+                fused.add(i)
+        return fused
+
     # ------------------------------------------------------------------ running
     def forward(self, start: int = 0, end: int | None = None) -> np.float32:
-        """Run layers ``start..end`` (inclusive); returns the summed weighted loss (float32)."""
+        """Run layers ``start..end`` (inclusive); returns the summed weighted loss (float32).
+        A fused ReLU runs inside the layer before it when both are in the range."""
         end = len(self.layers) - 1 if end is None else end
         loss = np.float32(0)
+        fused = self._fused_relus
         with parallel.blas_single_threaded():   # the engine's threads share the work
             for i in range(start, end + 1):
-                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                if i in fused and i > start and self.layers[i - 1].rectified_top:
+                    continue                    # layer i - 1 applied this ReLU
+                layer = self.layers[i]
+                layer.rectify_top = i + 1 in fused and i + 1 <= end
+                layer.rectified_top = False
+                try:
+                    loss += layer.forward(self.bottom_vecs[i], self.top_vecs[i])
+                finally:
+                    layer.rectify_top = False
         return loss
 
     def backward(self, start: int | None = None, end: int = 0) -> None:

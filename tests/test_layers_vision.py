@@ -604,6 +604,20 @@ def test_global_pooling(pool):
     assert tops[0].shape == (1, 3, 1, 1)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 13, 13), (1, 2, 13, 13), (3, 5, 7, 9), (10, 1000, 13, 13)])
+def test_global_average_adds_in_caffe_order(shape):
+    """Caffe sums each plane one value after another, in row-major order: the result must
+    equal that sequence bit for bit (values of mixed magnitude make any other order differ)."""
+    r = rng(21)
+    x = (r.standard_normal(shape) * 10.0 ** r.uniform(-4, 4, shape)).astype(np.float32)
+    sequential = np.cumsum(x.reshape(shape[0], shape[1], -1), axis=-1, dtype=np.float32)[..., -1]
+    pairwise = x.sum(axis=(2, 3), dtype=np.float32)
+    assert shape[2] * shape[3] < 9 or not np.array_equal(sequential, pairwise)   # the data can tell
+    layer, bottoms, tops = setup(pool_spec("AVE", extra="global_pooling: true"), [x])
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data[..., 0, 0], sequential / np.float32(shape[2] * shape[3]))
+
+
 def distinct(shape, seed=20):
     """Values 0.1 apart, so a +-0.01 finite-difference step never changes a maximum."""
     return rng(seed).permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 1.0

@@ -227,3 +227,78 @@ def test_input_reshape_propagates():
     assert net.blobs["h"].shape == (7, 5)
     net.forward()
     assert net.blobs["h"].shape == (7, 5)
+
+
+CONV_RELU = '''
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "conv" type: "%s" bottom: "x" top: "y"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" }
+                      bias_filler { type: "gaussian" } } %s }
+layer { name: "relu" type: "ReLU" bottom: "y" top: "y" }
+layer { name: "pool" type: "Pooling" bottom: "y" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+'''
+
+
+def _conv_relu_pair(layer_type: str = "Convolution", extra: str = "", x=None):
+    """The same net twice with the same weights and input: once as built (ReLU fused into
+    the convolution), once with the fusion switched off."""
+    nets = [build(CONV_RELU % (layer_type, extra), seed=3) for _ in range(2)]
+    for name in ("conv",):
+        src = nets[0].layers[nets[0].layer_names.index(name)]
+        dst = nets[1].layers[nets[1].layer_names.index(name)]
+        for a, b in zip(src.blobs, dst.blobs):
+            b.data[...] = a.data
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype(np.float32) if x is None else x
+    for net in nets:
+        net.blobs["x"].data[...] = x
+    nets[1]._fused_relus = set()
+    return nets
+
+
+def test_relu_after_a_convolution_runs_inside_it_with_the_same_values():
+    fused, plain = _conv_relu_pair()
+    assert fused._fused_relus == {fused.layer_names.index("relu")}
+    fused.forward()
+    plain.forward()
+    assert fused.layers[1].rectified_top and not plain.layers[1].rectified_top
+    assert (fused.blobs["y"].data >= 0).all() and (fused.blobs["y"].data == 0).any()
+    np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)
+    np.testing.assert_array_equal(fused.blobs["p"].data, plain.blobs["p"].data)
+
+
+def test_a_forward_that_stops_at_the_convolution_leaves_its_top_unrectified():
+    fused, plain = _conv_relu_pair()
+    conv = fused.layer_names.index("conv")
+    fused.forward(0, conv)
+    plain.forward(0, conv)
+    assert (fused.blobs["y"].data < 0).any()
+    np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)
+    fused.forward(conv + 1)                 # the ReLU then runs on its own
+    assert (fused.blobs["y"].data >= 0).all()
+
+
+def test_relu_is_fused_only_in_place_and_without_a_negative_slope():
+    leaky = (CONV_RELU % ("Convolution", "")).replace(
+        'top: "y" }\nlayer { name: "pool"', 'top: "y" relu_param { negative_slope: 0.1 } }\nlayer { name: "pool"')
+    assert build(leaky)._fused_relus == set()
+    apart = (CONV_RELU % ("Convolution", "")).replace('bottom: "y" top: "y" }', 'bottom: "y" top: "r" }')
+    assert build(apart)._fused_relus == set()
+
+
+def test_fused_relu_comes_after_a_quantized_convolution_s_output_trimming():
+    qp = ('quantization_param { bw_layer_in: 8 fl_layer_in: 4 bw_layer_out: 6 fl_layer_out: 2 '
+          'bw_params: 8 fl_params: 5 }')
+    x = np.random.default_rng(6).standard_normal((2, 3, 6, 6)).astype(np.float32) * 4
+    fused, plain = _conv_relu_pair("ConvolutionRistretto", qp, x)
+    fused.forward()
+    plain.forward()
+    np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)
+    assert fused.layers[1].rectified_top
+    # stochastic rounding trims the whole top after the convolution: the layer then leaves
+    # the ReLU to the net, to run after the trimming
+    fused, plain = _conv_relu_pair("ConvolutionRistretto", qp.replace("{", "{ rounding_scheme: STOCHASTIC", 1), x)
+    fused.forward()
+    plain.forward()
+    assert not fused.layers[1].rectified_top
+    assert (fused.blobs["y"].data >= 0).all()
+    np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)

@@ -55,6 +55,13 @@ class Layer:
     #: so a layer may keep what it derived from them instead of re-checking every pass.
     frozen_params: object | None = None
 
+    #: True where ``forward_cpu`` can rectify its single top while computing it: asked to by
+    #: the net's ``rectify_top`` for a pass (see ``Net``'s ReLU fusion), it sets
+    #: ``rectified_top`` once it did, else the net runs the ReLU itself.
+    fuses_relu = False
+    rectify_top = False
+    rectified_top = False
+
     def __init__(self, param: caffe_pb2.LayerParameter, *, phase: int = TEST,
                  rng: np.random.Generator | None = None, semantics: str = "ristretto"):
         self.param = caffe_pb2.LayerParameter()

@@ -32,6 +32,7 @@ from ristretto_cli.layers.im2col import (
     scratch,
     to_cols,
 )
+from ristretto_cli.layers.neuron import rectify
 from ristretto_cli.layers.registry import register
 
 #: Elements of a chunk's top (or bottom) that the per-chunk hooks find still in cache.
@@ -313,6 +314,7 @@ class BaseConvolutionLayer(Layer):
 @register("Convolution")
 class ConvolutionLayer(BaseConvolutionLayer):
     """Cross-correlation with zero padding, stride, dilation and groups (Caffe's Convolution)."""
+    fuses_relu = True
 
     def _forward(self, x, w, bias, y):
         geo, g_ = self.geometry, self.group
@@ -323,6 +325,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
         if chunk_input is not None or chunk_output is not None:
             step = min(step, self._hooked_chunk(max(c, o) * p, p))
+        rectified = self.rectify_top
 
         def forward_chunk(n0: int, n1: int) -> None:
             xc, yc = x[n0:n1], y[n0:n1]
@@ -345,7 +348,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
+            if rectified:       # the fused in-place ReLU, while the chunk is in cache
+                rectify(yc, yc)
         self._each_chunk(self._chunk_bounds(step), forward_chunk)
+        self.rectified_top = rectified
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group

@@ -100,7 +100,7 @@ def _flat_blocks(n: int, work) -> None:
     parallel.for_blocks(n, BLOCK_ELEMENTS, work, min_blocks=max(1, PARALLEL_MIN_ELEMENTS // BLOCK_ELEMENTS))
 
 
-def _relu(x: np.ndarray, y: np.ndarray) -> None:
+def rectify(x: np.ndarray, y: np.ndarray) -> None:
     """``y = max(x, 0)``, where Caffe still adds 0 * min(x, 0): NaN for x = -inf (found
     cheaply first). ``y`` may be ``x``."""
     neg_inf = None
@@ -122,9 +122,9 @@ class ReLULayer(NeuronLayer):
         if ns == 0:
             if x.flags.c_contiguous and y.flags.c_contiguous:
                 xf, yf = x.reshape(-1), y.reshape(-1)
-                _flat_blocks(xf.size, lambda i0, i1: _relu(xf[i0:i1], yf[i0:i1]))
+                _flat_blocks(xf.size, lambda i0, i1: rectify(xf[i0:i1], yf[i0:i1]))
             else:
-                _relu(x, y)
+                rectify(x, y)
             return
         neg = np.minimum(x, 0)
         neg *= ns

@@ -169,10 +169,11 @@ class PoolGeometry:
         hq, wq = self.grid
         return g.reshape(lead + (hq, wq))[..., :self.pooled[0], :self.pooled[1]]
 
-    def run_blocks(self, m: int, plane_bytes: int, work) -> None:
-        """``work(b0, b1)`` for consecutive blocks of planes of at most PHASE_BLOCK_BYTES,
-        shared among the threads when there is enough work (blocks are independent)."""
-        step = max(1, PHASE_BLOCK_BYTES // max(1, plane_bytes))
+    def run_blocks(self, m: int, plane_bytes: int, work, block_bytes: int = 0) -> None:
+        """``work(b0, b1)`` for consecutive blocks of planes of at most ``block_bytes``
+        (PHASE_BLOCK_BYTES unless given), shared among the threads when there is enough work
+        (blocks are independent)."""
+        step = max(1, (block_bytes or PHASE_BLOCK_BYTES) // max(1, plane_bytes))
         split = m * plane_bytes >= PARALLEL_MIN_BYTES
         threads = parallel.usable_threads()
         if threads > 1 and split:
@@ -213,6 +214,9 @@ class PoolGeometry:
 #: Planes are pooled in blocks of about this many input bytes, so that every pass of a
 #: block (phase split, one per kernel offset, output) runs in the cache.
 PHASE_BLOCK_BYTES = 1 << 21
+#: Global average pooling transposes blocks of planes of about this size (in L2; smaller
+#: blocks make the per-row reduction calls too short).
+GLOBAL_BLOCK_BYTES = 1 << 18
 #: Inputs smaller than this are pooled by one thread: splitting would cost more than it saves.
 PARALLEL_MIN_BYTES = 1 << 19
 
@@ -251,8 +255,12 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     if out is None:
         out = np.empty(_lead(x) + geo.pooled, x.dtype)
     if geo.whole_plane:
-        # cumsum adds sequentially in row-major order, exactly as Caffe's loop does; block
-        # by block of planes (in the cache, shared among the threads)
+        # Caffe's loop adds a plane's values one by one in row-major order. Block by block of
+        # planes (in the cache, shared among the threads), the block is transposed to
+        # (positions, planes) and reduced over its outer axis: NumPy then adds row after row,
+        # the same sequence per plane (pairwise summation only runs along a contiguous inner
+        # axis). A block of one plane would be that inner axis, so it goes through cumsum,
+        # sequential by definition (and several times slower).
         flat = x.reshape(-1, geo.size[0] * geo.size[1])
         if not flat.shape[-1]:
             flat = np.zeros(flat.shape[:-1] + (1,), x.dtype)
@@ -264,10 +272,16 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         plane_bytes = flat.shape[1] * x.dtype.itemsize
 
         def work(b0: int, b1: int) -> None:
-            sums = np.cumsum(flat[b0:b1], axis=-1, out=scratch("pool_sums", flat[b0:b1].shape, x.dtype))
+            block = flat[b0:b1]
+            if b1 - b0 == 1:
+                total = np.cumsum(block, axis=-1, out=scratch("pool_sums", block.shape, x.dtype))[:, -1]
+            else:
+                rows = scratch("pool_sums", block.shape[::-1], x.dtype)
+                np.copyto(rows, block.T)
+                total = np.add.reduce(rows, axis=0, out=scratch("pool_total", (b1 - b0,), x.dtype))
             with np.errstate(divide="ignore", invalid="ignore"):
-                np.divide(sums[:, -1], divisor, out=dest[b0:b1])
-        geo.run_blocks(flat.shape[0], plane_bytes, work)
+                np.divide(total, divisor, out=dest[b0:b1])
+        geo.run_blocks(flat.shape[0], plane_bytes, work, GLOBAL_BLOCK_BYTES)
         return out
     if not x.size:
         return out

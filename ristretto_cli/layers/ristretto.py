@@ -430,6 +430,8 @@ class _RistrettoMixin:
                 self.chunk_input = self.chunk_output = None
             return
         self._trim_blobs(bottom, plan.inputs, "bottom")
+        if plan.outputs is not None:
+            self.rectify_top = False    # a fused ReLU would come before the top's trimming
         super().forward_cpu(bottom, top)
         self._trim_blobs(top, plan.outputs, "top")
 
