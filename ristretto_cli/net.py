@@ -296,10 +296,12 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = np.float32(0)
         fused = self._fused_relus
+        applied = False                         # the layer before applied this one's ReLU
         with parallel.blas_single_threaded():   # the engine's threads share the work
             for i in range(start, end + 1):
-                if i in fused and i > start and self.layers[i - 1].rectified_top:
-                    continue                    # layer i - 1 applied this ReLU
+                if applied:
+                    applied = False
+                    continue
                 layer = self.layers[i]
                 layer.rectify_top = i + 1 in fused and i + 1 <= end
                 layer.rectified_top = False
@@ -307,6 +309,7 @@ class Net:
                     loss += layer.forward(self.bottom_vecs[i], self.top_vecs[i])
                 finally:
                     layer.rectify_top = False
+                applied = layer.rectified_top
         return loss
 
     def backward(self, start: int | None = None, end: int = 0) -> None:
