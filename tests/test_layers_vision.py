@@ -234,6 +234,23 @@ def test_conv_both_column_layouts_and_chunking(kind, layout, monkeypatch):
     check_gradient(conv_spec(kind, *CONV_CASES[0][1:]), [rng(2).standard_normal(CONV_CASES[0][0])])
 
 
+def test_conv_row_blocks_match_direct_loops(monkeypatch):
+    """Items whose column buffer outgrows the cache are convolved in blocks of output rows,
+    each its own small convolution of a slab of input rows; a budget of one element makes
+    every output row a block."""
+    monkeypatch.setattr(convolution, "BLOCK_COL_ELEMENTS", 1)
+    monkeypatch.setattr(convolution, "BLOCK_MIN_COLUMNS", 1)
+    blocks = []
+    real = im2col.ConvGeometry.row_block
+    monkeypatch.setattr(im2col.ConvGeometry, "row_block", lambda g, r0, r1: blocks.append((r0, r1)) or real(g, r0, r1))
+    for case in CONV_CASES:
+        blocks.clear()
+        _conv_forward_check("Convolution", case)
+        shape, kernel = case[0], case[2]
+        if not all(k == 1 for k in kernel) and shape[2] > 2:
+            assert blocks and all(r1 == r0 + 1 for r0, r1 in blocks), case
+
+
 def test_conv_hand_computed():
     x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     spec = ('type: "Convolution" convolution_param { num_output: 1 kernel_size: 2 } '
@@ -579,6 +596,15 @@ def test_max_pooling_window_of_minus_infinity():
     assert tops[0].item() == -FLT_MAX and tops[1].item() == -1
     tops = forward(pool_spec("MAX", extra="global_pooling: true"), [x], num_tops=2)
     assert tops[0].item() == -FLT_MAX and tops[1].item() == -1
+    # scoring (no winners recorded): windows of NaN and -inf only, in a strided 3x3 pooling
+    x = rng(20).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    x[0, 0, :3, :3] = np.nan
+    x[0, 1, 2:5, 2:5] = -np.inf
+    layer, bottoms, tops = setup(pool_spec("MAX", 3, 2), [x])
+    layer.backward_state_needed = False
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, caffe_pool(x, "MAX", (3, 3), (2, 2), (0, 0), True)[0])
+    assert tops[0].data[0, 0, 0, 0] == -FLT_MAX and tops[0].data[0, 1, 1, 1] == -FLT_MAX
 
 
 def test_ave_pooling_divisor_counts_padding_but_not_beyond():

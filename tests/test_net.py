@@ -299,3 +299,24 @@ def test_fused_relu_comes_after_a_quantized_convolution_s_output_trimming():
     assert not fused.layers[1].rectified_top
     assert (fused.blobs["y"].data >= 0).all()
     np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)
+
+
+def test_row_blocks_keep_the_quantized_trimming_and_the_fused_relu(monkeypatch):
+    """Convolving in blocks of output rows (large feature maps) gives the values of the whole
+    convolution, with Ristretto's input and output trimming and the fused ReLU."""
+    from ristretto_cli.layers import convolution
+    qp = ('quantization_param { bw_layer_in: 8 fl_layer_in: 4 bw_layer_out: 6 fl_layer_out: 2 '
+          'bw_params: 8 fl_params: 5 }')
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6)).astype(np.float32) * 4
+    for layer_type, extra in (("Convolution", ""), ("ConvolutionRistretto", qp)):
+        whole, _ = _conv_relu_pair(layer_type, extra, x)
+        whole.forward()
+        blocked, _ = _conv_relu_pair(layer_type, extra, x)
+        with monkeypatch.context() as m:
+            m.setattr(convolution, "BLOCK_COL_ELEMENTS", 1)
+            m.setattr(convolution, "BLOCK_MIN_COLUMNS", 1)
+            assert blocked.layers[1]._row_blocks(27) == [(r, r + 1) for r in range(6)]
+            blocked.forward()
+        assert blocked.layers[1].rectified_top
+        np.testing.assert_array_equal(blocked.blobs["y"].data, whole.blobs["y"].data)
+        np.testing.assert_array_equal(blocked.blobs["x"].data, whole.blobs["x"].data)

@@ -19,6 +19,7 @@ where every slice is contiguous (see "stride phases").
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from dataclasses import dataclass
@@ -97,6 +98,19 @@ class ConvGeometry:
 
     def interior(self) -> tuple[slice, ...]:
         return tuple(slice(p, p + i) for p, i in zip(self.pad, self.image))
+
+    def row_block(self, r0: int, r1: int) -> tuple[ConvGeometry, slice]:
+        """Output rows ``r0:r1`` (first spatial axis) as a convolution of their own: its
+        geometry and the slice of image rows it reads, which it pads at the top as needed
+        (rows it reads past the image are zero, as in the whole convolution)."""
+        k, s, p, d = self.kernel[0], self.stride[0], self.pad[0], self.dilation[0]
+        first = r0 * s - p                         # image row under the block's first window
+        end = (r1 - 1) * s - p + d * (k - 1) + 1
+        lo = max(0, first)
+        hi = max(lo, min(self.image[0], end))
+        geo = ConvGeometry((hi - lo,) + self.image[1:], (r1 - r0,) + self.cols[1:], self.kernel,
+                           self.stride, (lo - first,) + self.pad[1:], self.dilation)
+        return geo, slice(lo, hi)
 
 
 def _prod(values) -> int:
@@ -241,9 +255,11 @@ def axis_phases(size: int, stride: int, pad: int, grid: int) -> list[tuple[slice
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _phase_plan(geo: ConvGeometry):
     """(phase combinations with their grid / image regions, and per kernel offset its phase
-    index and grid slices)."""
+    index and grid slices). Cached per geometry: for large kernels planning costs more
+    Python time than a small chunk's copies."""
     grid = _phase_grid(geo)
     axes = [axis_phases(*a) for a in zip(geo.image, geo.stride, geo.pad, grid)]
     combos = list(itertools.product(*(range(s) for s in geo.stride)))
