@@ -245,21 +245,18 @@ class BaseConvolutionLayer(Layer):
         return 2 * self.num * self.num_output * (self.channels // self.group) * geo.kernel_size * geo.col_size
 
     @staticmethod
-    def _each_chunk(bounds: list[int], work) -> None:
-        """``work(n0, n1)`` for every chunk; several chunks are shared among the threads,
-        each chunk's GEMMs then on one BLAS thread (the results are the same)."""
-        def share(i0: int, i1: int) -> None:
-            for i in range(i0, i1):
-                work(bounds[i], bounds[i + 1])
-        parallel.for_ranges(len(bounds) - 1, share)
-
-    @staticmethod
     def _each_unit(units: list[tuple], work) -> None:
-        """``work(*unit)`` for every unit, the units shared among the threads in order."""
+        """``work(*unit)`` for every unit, the units shared among the threads in order, each
+        unit's GEMMs then on one BLAS thread (the results are the same)."""
         def share(i0: int, i1: int) -> None:
             for unit in units[i0:i1]:
                 work(*unit)
         parallel.for_ranges(len(units), share)
+
+    @staticmethod
+    def _each_chunk(bounds: list[int], work) -> None:
+        """``work(n0, n1)`` for every chunk of the batch (see ``_each_unit``)."""
+        BaseConvolutionLayer._each_unit(list(zip(bounds, bounds[1:])), work)
 
     def _row_blocks(self, rows: int) -> list[tuple[int, int]] | None:
         """Output-row blocks (first spatial axis) for items whose column buffer (``rows`` x
@@ -268,7 +265,7 @@ class BaseConvolutionLayer(Layer):
         BLOCK_MIN_COLUMNS columns. None where an item fits."""
         geo = self.geometry
         p = geo.col_size
-        if not p or rows * p <= BLOCK_COL_ELEMENTS or geo.cols[0] < 2:
+        if not p or rows * p <= BLOCK_COL_ELEMENTS:
             return None
         height = geo.cols[0]
         rest = p // height
@@ -284,16 +281,13 @@ class BaseConvolutionLayer(Layer):
         weight-gradient products into ``slot`` of ``dwg``: the chunks run in waves of one
         per slot, each wave's products summed in chunk order."""
         if dwg is None:
-            BaseConvolutionLayer._each_chunk(bounds, lambda n0, n1: work(0, n0, n1))
+            BaseConvolutionLayer._each_unit([(0, n0, n1) for n0, n1 in zip(bounds, bounds[1:])], work)
             return
         chunks, slots = len(bounds) - 1, dwg.parts.shape[0]
         for w0 in range(0, chunks, slots):
             w1 = min(chunks, w0 + slots)
-
-            def share(i0: int, i1: int, w0: int = w0) -> None:
-                for i in range(i0, i1):
-                    work(i, bounds[w0 + i], bounds[w0 + i + 1])
-            parallel.for_ranges(w1 - w0, share)
+            BaseConvolutionLayer._each_unit(
+                [(i - w0, bounds[i], bounds[i + 1]) for i in range(w0, w1)], work)
             dwg.collect(w1 - w0)
 
     def _weight_gradient(self, dw: np.ndarray | None, shape, chunks: int) -> _WeightGradient | None:
@@ -367,7 +361,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
         if row_blocks is not None and chunk_input is not None:
             chunk_input(x)      # blocks overlap in their input rows: trim the bottom once
             chunk_input = None
-        rest = p // geo.cols[0] if geo.cols and geo.cols[0] else 0
 
         def forward_chunk(n0: int, n1: int, rows=None) -> None:
             xc, yc = x[n0:n1], y[n0:n1]
@@ -390,7 +383,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 res = scratch("gemm", (o, m), x.dtype)
                 for g in range(g_):
                     parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
-                yc = yc[:, :, rows[0] * rest:rows[1] * rest]
+                per_row = sub.col_size // (rows[1] - rows[0])
+                yc = yc[:, :, rows[0] * per_row:rows[1] * per_row]
                 self._store(yc, from_cols(res, n, (sub.col_size,), False), bias)
             else:
                 bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
