@@ -17,9 +17,10 @@ import pytest
 from google.protobuf import text_format
 from layer_check import TRAIN, check_forward, check_gradient, forward, layer_param, setup
 
+from ristretto_cli import parallel
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import upgrade_net_as_needed, write_caffemodel
-from ristretto_cli.layers import convolution, im2col
+from ristretto_cli.layers import convolution, im2col, pooling
 from ristretto_cli.layers.convolution import ConvolutionLayer, DeconvolutionLayer
 from ristretto_cli.layers.inner_product import InnerProductLayer
 from ristretto_cli.layers.pooling import pooled_size
@@ -537,6 +538,32 @@ def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
     if pool == "MAX":
         np.testing.assert_array_equal(tops[1].data, arg.astype(np.float32))
     dy = rng(17).standard_normal(top.shape).astype(np.float32)
+    tops[0].diff = dy
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", POOL_CASES,
+                         ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
+def test_pooling_plane_by_plane_on_several_threads_matches_caffe_loops(pool, case, monkeypatch):
+    """Blocks of one plane each, shared among three threads: every block's phases and
+    results live in its own thread's work arrays, at the block's own offsets."""
+    shape, kernel, stride, pad, ceil_mode = case
+    shape = (3, 3) + shape[2:]
+    x = rng(20).standard_normal(shape).astype(np.float32)
+    x[1, 2, 0, :2] = x[1, 2, 1, 1]                     # ties
+    spec = pool_spec(pool, kernel, stride, pad, "" if ceil_mode else "round_mode: FLOOR")
+    top, arg, backward = caffe_pool(x, pool, _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
+    monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "_threads", 3)
+    layer, bottoms, tops = setup(spec, [x], num_tops=2 if pool == "MAX" else 1)
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, top)
+    if pool == "MAX":
+        np.testing.assert_array_equal(tops[1].data, arg.astype(np.float32))
+    dy = rng(21).standard_normal(top.shape).astype(np.float32)
     tops[0].diff = dy
     layer.backward(tops, [True], bottoms)
     np.testing.assert_array_equal(bottoms[0].diff, backward(dy))

@@ -132,37 +132,37 @@ class PoolGeometry:
         return (self.stride == (1, 1) and self.grid == self.size and self.pad == (0, 0)
                 and x.flags.c_contiguous)
 
-    def fill_phases(self, x3: np.ndarray, q: np.ndarray, b0: int, b1: int, fill: float) -> None:
-        """Phases ``q`` ``(sh, sw, M, hq, wq)`` of planes ``b0:b1`` of ``x3`` ``(M, H, W)``."""
+    def fill_phases(self, x3: np.ndarray, q: np.ndarray, fill: float) -> None:
+        """Phases ``q`` ``(sh, sw, M, hq, wq)`` of the planes ``x3`` ``(M, H, W)``."""
         hq, wq = self.grid
         for a, b, gr, gc, xr, xc in self.phase_regions():
-            dst = q[a, b, b0:b1]
+            dst = q[a, b]
             if gr.stop - gr.start < hq or gc.stop - gc.start < wq:
                 dst[:, :gr.start] = fill
                 dst[:, gr.stop:] = fill
                 dst[:, gr, :gc.start] = fill
                 dst[:, gr, gc.stop:] = fill
             if gr.stop > gr.start and gc.stop > gc.start:
-                dst[:, gr, gc] = x3[b0:b1, xr, xc]
+                dst[:, gr, gc] = x3[:, xr, xc]
 
-    def drain_phases(self, q: np.ndarray, o3: np.ndarray, b0: int, b1: int) -> None:
-        """The input cells of phases ``q`` ``(sh, sw, M, hq, wq)`` for planes ``b0:b1`` into
-        ``o3`` ``(M, H, W)``; padding cells are dropped, cells that no window reaches get 0."""
+    def drain_phases(self, q: np.ndarray, o3: np.ndarray) -> None:
+        """The input cells of phases ``q`` ``(sh, sw, M, hq, wq)`` into the planes ``o3``
+        ``(M, H, W)``; padding cells are dropped, cells that no window reaches get 0."""
         regions = self.phase_regions()
         covered = sum((gr.stop - gr.start) * (gc.stop - gc.start) for _, _, gr, gc, _, _ in regions)
         if covered < self.size[0] * self.size[1]:
-            o3[b0:b1] = 0     # stride > kernel, FLOOR mode
+            o3[...] = 0     # stride > kernel, FLOOR mode
         for a, b, gr, gc, xr, xc in regions:
             if gr.stop > gr.start and gc.stop > gc.start:
-                o3[b0:b1, xr, xc] = q[a, b, b0:b1, gr, gc]
+                o3[:, xr, xc] = q[a, b, :, gr, gc]
 
-    def put_on_grid(self, a3: np.ndarray, g: np.ndarray, b0: int, b1: int) -> None:
-        """Planes ``b0:b1`` of ``a3`` ``(M, PH, PW)`` onto the grid ``g`` ``(M, hq, wq)``,
-        zeros elsewhere."""
+    def put_on_grid(self, a3: np.ndarray, g: np.ndarray) -> None:
+        """The planes ``a3`` ``(M, PH, PW)`` onto the grid ``g`` ``(M, hq, wq)``, zeros
+        elsewhere."""
         ph, pw = self.pooled
-        g[b0:b1, ph:] = 0
-        g[b0:b1, :ph, pw:] = 0
-        g[b0:b1, :ph, :pw] = a3[b0:b1]
+        g[:, ph:] = 0
+        g[:, :ph, pw:] = 0
+        g[:, :ph, :pw] = a3
 
     def off_grid(self, g: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
         """The ``(*lead, PH, PW)`` view of the results held on a grid."""
@@ -242,13 +242,17 @@ def _planes_view(a: np.ndarray, m: int, plane: tuple[int, int]) -> np.ndarray | 
     return v
 
 
-def _phases_of(x: np.ndarray, geo: PoolGeometry):
-    """``(x3 (M, H, W), phase array (sh, sw, M, hq, wq), whether it still needs filling)``."""
-    m = geo.planes(x)
+def _block_phases(x: np.ndarray, geo: PoolGeometry, b0: int, b1: int, fill: float) -> np.ndarray:
+    """The phases of planes ``b0:b1`` of ``x``, flattened per phase: ``(sh, sw, planes *
+    grid cells)``. The input itself where it is its only phase, else a copy in this thread's
+    block-sized work array (a whole-input array would send every block's phases out of the
+    cache to memory and back)."""
+    size = geo.grid_size
     if geo.phases_are_input(x):
-        return None, x.reshape((1, 1, m) + geo.grid), False
-    q = scratch("pool_phases", (geo.stride[0], geo.stride[1], m) + geo.grid, x.dtype)
-    return x.reshape(m, *geo.size), q, True
+        return x.reshape(1, 1, -1)[:, :, b0 * size:b1 * size]
+    q = scratch("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0) + geo.grid, x.dtype)
+    geo.fill_phases(x.reshape((-1,) + geo.size)[b0:b1], q, fill)
+    return q.reshape(geo.stride[0], geo.stride[1], -1)
 
 
 def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None) -> np.ndarray:
@@ -285,10 +289,7 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         return out
     if not x.size:
         return out
-    x3, q, split = _phases_of(x, geo)
-    m, size, fl = q.shape[2], geo.grid_size, geo.flat_length()
-    flat = q.reshape(q.shape[0], q.shape[1], -1)
-    acc = scratch("pool_grid", (m * size,), x.dtype)
+    m, size, fl = geo.planes(x), geo.grid_size, geo.flat_length()
     divisor = geo.ave_divisor(x.dtype)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
@@ -296,15 +297,15 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         return out
 
     def work(b0: int, b1: int) -> None:
-        if split:
-            geo.fill_phases(x3, q, b0, b1, 0)
-        lo, hi = b0 * size, b1 * size - fl
-        head = acc[lo:hi]
-        acc[b0 * size:b1 * size] = 0
+        flat = _block_phases(x, geo, b0, b1, 0)
+        cells = (b1 - b0) * size
+        acc = scratch("pool_grid", (cells,), x.dtype)
+        acc.fill(0)
+        head = acc[:cells - fl]
         for _, a, b, shift in geo.flat_offsets():
-            head += flat[a, b, lo + shift:hi + shift]
+            head += flat[a, b, shift:shift + cells - fl]
         with np.errstate(divide="ignore", invalid="ignore"):   # empty CEIL windows, as in Caffe
-            np.divide(geo.off_grid(acc[b0 * size:b1 * size], (b1 - b0,)), divisor, out=o3[b0:b1])
+            np.divide(geo.off_grid(acc, (b1 - b0,)), divisor, out=o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
     return out
 
@@ -341,36 +342,38 @@ def _scatter(dy: np.ndarray, k1: np.ndarray | None, geo: PoolGeometry, out: np.n
     m, size, fl = geo.planes(dy, pooled=True), geo.grid_size, geo.flat_length()
     hq, wq = geo.grid
     dy3 = dy.reshape((m,) + geo.pooled)
-    g = scratch("pool_grid", (m, hq, wq), dy.dtype)
-    gf = g.reshape(-1)
-    if k1 is not None and k1.ndim == 1:
-        kf, k3 = k1, None
-    elif k1 is not None:
-        k3 = k1.reshape((m,) + geo.pooled)
-        kf = scratch("pool_k1", (m * size,), k1.dtype)
-    acc = scratch("pool_phases", (geo.stride[0], geo.stride[1], m, hq, wq), dy.dtype)
-    accf = acc.reshape(geo.stride[0], geo.stride[1], -1)
-    hit = scratch("pool_hit", (m * size,), bool)
-    tmp = scratch("pool_tmp", (m * size,), dy.dtype)
+    k3 = None if k1 is None or k1.ndim == 1 else k1.reshape((m,) + geo.pooled)
     o3 = _planes_view(out, m, geo.size)
     if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
         np.copyto(out, _scatter(dy, k1, geo, np.empty(out.shape, out.dtype)))
         return out
 
     def work(b0: int, b1: int) -> None:
-        geo.put_on_grid(dy3, g, b0, b1)
-        if k1 is not None and k3 is not None:
-            geo.put_on_grid(k3, kf.reshape(m, hq, wq), b0, b1)
-        acc[:, :, b0:b1] = 0
-        lo, hi = b0 * size, b1 * size - fl
+        cells = (b1 - b0) * size
+        hi = cells - fl
+        g = scratch("pool_grid", (b1 - b0, hq, wq), dy.dtype)
+        geo.put_on_grid(dy3[b0:b1], g)
+        gf = g.reshape(-1)
+        if k3 is not None:
+            kg = scratch("pool_k1", (b1 - b0, hq, wq), k1.dtype)
+            geo.put_on_grid(k3[b0:b1], kg)
+            kf = kg.reshape(-1)
+        elif k1 is not None:
+            kf = k1[b0 * size:b1 * size]
+        acc = scratch("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0, hq, wq), dy.dtype)
+        acc.fill(0)
+        accf = acc.reshape(geo.stride[0], geo.stride[1], -1)
+        if k1 is not None:
+            hit = scratch("pool_hit", (hi,), bool)
+            tmp = scratch("pool_tmp", (hi,), dy.dtype)
         for o, a, b, shift in geo.flat_offsets(reverse=True):
             if k1 is None:
-                accf[a, b, lo + shift:hi + shift] += gf[lo:hi]
+                accf[a, b, shift:hi + shift] += gf[:hi]
             else:
-                np.equal(kf[lo:hi], o + 1, out=hit[lo:hi])
-                np.multiply(gf[lo:hi], hit[lo:hi], out=tmp[lo:hi])
-                accf[a, b, lo + shift:hi + shift] += tmp[lo:hi]
-        geo.drain_phases(acc, o3, b0, b1)
+                np.equal(kf[:hi], o + 1, out=hit)
+                np.multiply(gf[:hi], hit, out=tmp)
+                accf[a, b, shift:hi + shift] += tmp
+        geo.drain_phases(acc, o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * dy.itemsize, work)
     return out
 
@@ -408,17 +411,11 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     kdt = geo.offset_dtype()
     if not x.size:
         return out, np.zeros(0, kdt)
-    x3, q, split = _phases_of(x, geo)
-    m, size, fl = q.shape[2], geo.grid_size, geo.flat_length()
-    flat = q.reshape(q.shape[0], q.shape[1], -1)
+    m, size, fl = geo.planes(x), geo.grid_size, geo.flat_length()
     if not indices:
         k1_grid = None
     elif k1_grid is None or k1_grid.shape != (m * size,) or k1_grid.dtype != kdt:
         k1_grid = np.empty(m * size, kdt)
-    best = scratch("pool_grid", (m * size,), x.dtype)
-    if indices:
-        greater = scratch("pool_hit", (m * size,), bool)
-        tmp = scratch("pool_tmp", (m * size,), kdt)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
         y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid, indices=indices)
@@ -426,25 +423,29 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         return out, k1_grid
 
     def work(b0: int, b1: int) -> None:
-        if split:
-            geo.fill_phases(x3, q, b0, b1, -np.inf)
-        lo, hi = b0 * size, b1 * size - fl
-        bv = best[lo:hi]
+        flat = _block_phases(x, geo, b0, b1, -np.inf)
+        cells = (b1 - b0) * size
+        hi = cells - fl
+        best = scratch("pool_grid", (cells,), x.dtype)
+        bv = best[:hi]
         bv.fill(-FLT_MAX)
         if k1_grid is None:     # the maxima only: one pass per offset instead of four
             for _, a, b, shift in geo.flat_offsets():
-                np.fmax(flat[a, b, lo + shift:hi + shift], bv, out=bv)
-            np.copyto(o3[b0:b1], geo.off_grid(best[b0 * size:b1 * size], (b1 - b0,)))
+                np.fmax(flat[a, b, shift:shift + hi], bv, out=bv)
+            np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
             return
-        k1_grid[b0 * size:b1 * size] = 0
-        kv, gv, tv = k1_grid[lo:hi], greater[lo:hi], tmp[lo:hi]
+        kb = k1_grid[b0 * size:b1 * size]
+        kb.fill(0)
+        kv = kb[:hi]
+        gv = scratch("pool_hit", (hi,), bool)
+        tv = scratch("pool_tmp", (hi,), kdt)
         for o, a, b, shift in geo.flat_offsets():
-            v = flat[a, b, lo + shift:hi + shift]
+            v = flat[a, b, shift:shift + hi]
             np.greater(v, bv, out=gv)
             np.fmax(v, bv, out=bv)      # on ties the first winner stays, as in Caffe
             np.multiply(gv, kdt(o + 1), out=tv)
             np.maximum(kv, tv, out=kv)
-        np.copyto(o3[b0:b1], geo.off_grid(best[b0 * size:b1 * size], (b1 - b0,)))
+        np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
     geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
     return out, k1_grid
 
