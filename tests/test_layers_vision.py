@@ -312,6 +312,24 @@ def test_conv_gradients(kind, case):
     check_gradient(conv_spec(kind, *case[1:]), [rng(5).standard_normal(case[0])])
 
 
+FLIPPED_CASES = [
+    ((2, 4, 6, 5), 2, (3,), (), (1,), (), 1),
+    ((2, 6, 5, 6), 4, (2, 3), (), (0, 1), (), 2),           # rectangular, groups, no pad in h
+    ((2, 3, 4, 5, 4), 3, (2, 3, 2), (), (1, 0, 1), (), 1),  # 3-D
+    ((3, 4, 9), 4, (3,), (), (2,), (), 1),                  # 1-D, pad = kernel - 1
+]
+
+
+@pytest.mark.parametrize("case", FLIPPED_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_conv_gradients_through_flipped_kernels(case):
+    """Stride 1 with at least as many inputs as outputs: both gradients come from the column
+    buffer of dy under the flipped kernels (the weights' through a reversed view of dW)."""
+    spec = conv_spec("Convolution", *case[1:])
+    layer, _, _ = setup(spec, [rng(7).standard_normal(case[0])])
+    assert layer._flipped_geometry() is not None
+    check_gradient(spec, [rng(7).standard_normal(case[0])])
+
+
 def test_conv_gradient_without_bias():
     check_gradient(conv_spec(kernel=(2,), extra="bias_term: false"), [rng(6).standard_normal((2, 3, 4, 4))])
 

@@ -64,8 +64,9 @@ def _cols(a: np.ndarray, batch_inner: bool, slot: str) -> np.ndarray:
 
 
 class _WeightGradient:
-    """Sums ``a @ b.T`` per group over the chunks of a batch, then adds the sum to the weight
-    gradient ``dw`` ``(groups, m, k)``.
+    """Sums ``a @ b.T`` ``(groups, m, k)`` per group over the chunks of a batch, then adds the
+    sum to the weight gradient ``dw``: an array of that shape, or any view of the gradient
+    that the sum reshapes to (the flipped-kernel products add into a reversed, permuted one).
 
     Chunks run in waves of up to ``slots`` at a time, possibly on several threads; each
     writes its products into its own slot, and ``collect`` adds the slots in chunk order, so
@@ -74,9 +75,9 @@ class _WeightGradient:
     result's row count, so a short ``m`` (few output channels) is computed as ``(b @ a.T)``
     and added transposed at the end, once."""
 
-    def __init__(self, dw: np.ndarray, slots: int):
+    def __init__(self, dw: np.ndarray, slots: int, shape: tuple[int, int, int] | None = None):
         self.dw = dw
-        g, m, k = dw.shape
+        g, m, k = shape or dw.shape
         self.transposed = m < k
         shape = (g, k, m) if self.transposed else (g, m, k)
         self.acc = scratch("wgrad", shape, dw.dtype)
@@ -104,7 +105,8 @@ class _WeightGradient:
 
     def finish(self) -> None:
         if not self.fresh:
-            self.dw += self.acc.transpose(0, 2, 1) if self.transposed else self.acc
+            total = self.acc.transpose(0, 2, 1) if self.transposed else self.acc
+            self.dw += total.reshape(self.dw.shape)
 
 
 class BaseConvolutionLayer(Layer):
@@ -290,15 +292,19 @@ class BaseConvolutionLayer(Layer):
                 [(i - w0, bounds[i], bounds[i + 1]) for i in range(w0, w1)], work)
             dwg.collect(w1 - w0)
 
-    def _weight_gradient(self, dw: np.ndarray | None, shape, chunks: int) -> _WeightGradient | None:
+    def _weight_gradient(self, dw: np.ndarray | None, shape, chunks: int,
+                         target: np.ndarray | None = None) -> _WeightGradient | None:
         """Slots for as many chunks as WGRAD_PARTS_BYTES allows (whole multiples of the
         thread count, at least one per thread): each wave ends with the threads waiting for
-        each other, so fewer, longer waves keep them busy."""
+        each other, so fewer, longer waves keep them busy. The products are ``shape``; their
+        sum goes to ``target`` (a view of ``dw``) if given, else to ``dw`` in that shape."""
         if dw is None:
             return None
         threads = max(1, min(parallel.usable_threads(), chunks))
         per_wave = max(1, WGRAD_PARTS_BYTES // max(1, dw.nbytes * threads))
-        return _WeightGradient(dw.reshape(shape), min(chunks, threads * per_wave))
+        if target is None:
+            return _WeightGradient(dw.reshape(shape), min(chunks, threads * per_wave))
+        return _WeightGradient(target, min(chunks, threads * per_wave), shape)
 
     # ----------------------------------------------------------------- forward / backward
     def forward_cpu(self, bottom, top):
@@ -417,12 +423,30 @@ class ConvolutionLayer(BaseConvolutionLayer):
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
         bounds = self._chunk_bounds(step)
-        dwg = self._weight_gradient(dw, (g_, og, kg), len(bounds) - 1)
+        if flipped is not None and dw is not None:
+            # The weight gradient from the flipped columns: see _flipped_weight_target.
+            dwg = self._weight_gradient(dw, (g_, fk, cg), len(bounds) - 1, self._flipped_weight_target(dw))
+        else:
+            dwg = self._weight_gradient(dw, (g_, og, kg), len(bounds) - 1)
 
         def backward_chunk(slot: int, n0: int, n1: int) -> None:
             xc, dyc = x[n0:n1], dy[n0:n1]
             n = n1 - n0
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            if flipped is not None:
+                # dx is the full correlation of dy with the flipped kernels
+                fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
+                fcol = im2col(dyc.reshape((n, o) + geo.cols), fgeo, fbi,
+                              out=scratch("col", (o * geo.kernel_size, n * geo.image_size), x.dtype))
+                if dwg is not None:
+                    xt = _cols(xc, fbi, "cols_in")
+                    for g in range(g_):
+                        dwg.add(slot, g, fcol[g * fk:(g + 1) * fk], xt[g * cg:(g + 1) * cg])
+                res = scratch("gemm", (c, n * geo.image_size), x.dtype)
+                for g in range(g_):
+                    parallel.matmul(wf[g], fcol[g * fk:(g + 1) * fk], res[g * cg:(g + 1) * cg])
+                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, fbi))
+                return
             if geo.pointwise:
                 if dwg is not None:   # per item: the inputs are already column buffers
                     xi = xc.reshape(n, c, p)
@@ -439,16 +463,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 im2col(xc, geo, bi, out=col)
                 for g in range(g_):
                     dwg.add(slot, g, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
-            if flipped is not None:
-                # dx is the full correlation of dy with the flipped kernels
-                fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
-                fcol = im2col(dyc.reshape((n, o) + geo.cols), fgeo, fbi,
-                              out=scratch("col", (o * geo.kernel_size, n * geo.image_size), x.dtype))
-                res = scratch("gemm", (c, n * geo.image_size), x.dtype)
-                for g in range(g_):
-                    parallel.matmul(wf[g], fcol[g * fk:(g + 1) * fk], res[g * cg:(g + 1) * cg])
-                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, fbi))
-            elif dx is not None:
+            if dx is not None:
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
                 for g in range(g_):   # the column buffer is reused for the column gradient
@@ -471,6 +486,20 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return None
         return ConvGeometry(geo.cols, geo.image, geo.kernel, geo.stride,
                             tuple(k - 1 - p for p, k in zip(geo.pad, geo.kernel)), geo.dilation)
+
+    def _flipped_weight_target(self, dw: np.ndarray) -> np.ndarray:
+        """The view of ``dw`` that the flipped path's weight-gradient products add into.
+
+        Row ``(o, k')`` of the flipped column buffer holds dy shifted by the flipped offset
+        ``k' = kernel - 1 - k``, over the same (item, input position) columns as x's own
+        column layout. So ``fcol @ xᵀ`` gives ``dW[o, c, k]`` at ``[(o, kernel - 1 - k), c]``:
+        the same products as ``dy @ im2col(x)ᵀ``, without building im2col(x) (the terms of
+        each sum come in the same order; only the GEMM's blocking of them may differ). As
+        ``(groups, O/g, *kernel, C/g)``: dw per group, kernels reversed, channels last."""
+        g_, nsp = self.group, self.num_spatial_axes
+        og, cg = self.num_output // g_, self.channels // g_
+        view = dw.reshape((g_, og, cg) + self.kernel)[(slice(None),) * 3 + (slice(None, None, -1),) * nsp]
+        return view.transpose(0, 1, *range(3, 3 + nsp), 2)
 
     def _flipped_weights(self, w: np.ndarray) -> np.ndarray:
         """``(groups, C/g, O/g * prod(kernel))``: per group, W with its kernels flipped in every
