@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from ristretto_cli import parallel
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.net import TEST, TRAIN, Net
 from ristretto_cli.proto import caffe_pb2
@@ -272,6 +273,49 @@ def test_a_forward_that_stops_at_the_convolution_leaves_its_top_unrectified():
     np.testing.assert_array_equal(fused.blobs["y"].data, plain.blobs["y"].data)
     fused.forward(conv + 1)                 # the ReLU then runs on its own
     assert (fused.blobs["y"].data >= 0).all()
+
+
+POOL_RELU = '''
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 4 dim: 7 dim: 7 } } }
+layer { name: "target" type: "Input" top: "t" input_param { shape { dim: 3 dim: 4 dim: %d dim: %d } } }
+layer { name: "pool" type: "Pooling" bottom: "x" top: "p" pooling_param { %s } }
+layer { name: "relu" type: "ReLU" bottom: "p" top: "p" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "t" top: "loss" }
+'''
+
+
+@pytest.mark.parametrize("pooling, pooled", [
+    ("pool: MAX kernel_size: 3 stride: 2", 3),
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", 4),
+    ("pool: MAX global_pooling: true", 1),
+    ("pool: AVE global_pooling: true", 1),
+    ("pool: STOCHASTIC kernel_size: 2 stride: 2", 4),     # not fused: the net runs the ReLU
+])
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+def test_relu_after_pooling_runs_inside_it_block_by_block(pooling, pooled, phase, monkeypatch):
+    from ristretto_cli.layers import pooling as pooling_module
+    text = POOL_RELU % (pooled, pooled, pooling)
+    fused, plain = build(text, phase, seed=4), build(text, phase, seed=4)
+    plain._fused_relus = set()
+    assert fused._fused_relus == {fused.layer_names.index("relu")}
+    rng = np.random.default_rng(8)
+    x, t = rng.standard_normal((3, 4, 7, 7)), rng.standard_normal((3, 4, pooled, pooled))
+    x[0, 1] = -np.abs(x[0, 1]) - 0.1        # planes whose every result the ReLU zeroes
+    x[2, 3] = -np.abs(x[2, 3]) - 0.1
+    monkeypatch.setattr(pooling_module, "PHASE_BLOCK_BYTES", 1)     # a block per plane
+    monkeypatch.setattr(pooling_module, "GLOBAL_BLOCK_BYTES", 1)
+    monkeypatch.setattr(pooling_module, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "_threads", 2)
+    for net in (fused, plain):
+        net.blobs["x"].data[...] = x
+        net.blobs["t"].data[...] = t
+        net.forward()
+        net.backward()
+    assert fused.layers[2].rectified_top == ("STOCHASTIC" not in pooling)
+    assert (fused.blobs["p"].data >= 0).all() and (fused.blobs["p"].data == 0).any()
+    np.testing.assert_array_equal(fused.blobs["p"].data, plain.blobs["p"].data)
+    np.testing.assert_array_equal(fused.blobs["x"].diff, plain.blobs["x"].diff)
 
 
 def test_relu_is_fused_only_in_place_and_without_a_negative_slope():

@@ -20,6 +20,7 @@ derivative of that expression (Caffe has no TEST backward).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
 from ristretto_cli.layers.im2col import axis_phases, scratch
+from ristretto_cli.layers.neuron import rectify
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
 
@@ -172,13 +174,20 @@ class PoolGeometry:
     def run_blocks(self, m: int, plane_bytes: int, work, block_bytes: int = 0) -> None:
         """``work(b0, b1)`` for consecutive blocks of planes of at most ``block_bytes``
         (PHASE_BLOCK_BYTES unless given), shared among the threads when there is enough work
-        (blocks are independent)."""
+        (blocks are independent). Shared, the blocks are as even as possible and their count
+        a multiple of the thread count, so that every thread gets the same amount."""
         step = max(1, (block_bytes or PHASE_BLOCK_BYTES) // max(1, plane_bytes))
-        split = m * plane_bytes >= PARALLEL_MIN_BYTES
+        blocks = -(-m // step)
         threads = parallel.usable_threads()
-        if threads > 1 and split:
-            step = min(step, -(-m // threads))
-        parallel.for_blocks(m, step, work, min_blocks=1 if split else max(1, m))
+        split = threads > 1 and m * plane_bytes >= PARALLEL_MIN_BYTES
+        if split:
+            blocks = min(m, -(-blocks // threads) * threads)
+        bounds = [m * i // blocks for i in range(blocks + 1)]
+
+        def share(i0: int, i1: int) -> None:
+            for i in range(i0, i1):
+                work(bounds[i], bounds[i + 1])
+        parallel.for_ranges(blocks, share, min_items=1 if split else blocks + 1)
 
     @property
     def whole_plane(self) -> bool:
@@ -255,7 +264,10 @@ def _block_phases(x: np.ndarray, geo: PoolGeometry, b0: int, b1: int, fill: floa
     return q.reshape(geo.stride[0], geo.stride[1], -1)
 
 
-def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None) -> np.ndarray:
+def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None,
+                     epilogue: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """Averages; ``epilogue`` (e.g. a fused ReLU) runs on every block of results while it
+    is in cache."""
     if out is None:
         out = np.empty(_lead(x) + geo.pooled, x.dtype)
     if geo.whole_plane:
@@ -269,7 +281,7 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         if not flat.shape[-1]:
             flat = np.zeros(flat.shape[:-1] + (1,), x.dtype)
         if not out.flags.c_contiguous:
-            np.copyto(out, ave_pool_forward(x, geo))
+            np.copyto(out, ave_pool_forward(x, geo, epilogue=epilogue))
             return out
         dest = out.reshape(-1)
         divisor = x.dtype.type(geo.size[0] * geo.size[1])
@@ -285,6 +297,8 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
                 total = np.add.reduce(rows, axis=0, out=scratch("pool_total", (b1 - b0,), x.dtype))
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.divide(total, divisor, out=dest[b0:b1])
+            if epilogue is not None:
+                epilogue(dest[b0:b1])
         geo.run_blocks(flat.shape[0], plane_bytes, work, GLOBAL_BLOCK_BYTES)
         return out
     if not x.size:
@@ -293,7 +307,7 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     divisor = geo.ave_divisor(x.dtype)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
-        np.copyto(out, ave_pool_forward(x, geo))
+        np.copyto(out, ave_pool_forward(x, geo, epilogue=epilogue))
         return out
 
     def work(b0: int, b1: int) -> None:
@@ -306,6 +320,8 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
             head += flat[a, b, shift:shift + cells - fl]
         with np.errstate(divide="ignore", invalid="ignore"):   # empty CEIL windows, as in Caffe
             np.divide(geo.off_grid(acc, (b1 - b0,)), divisor, out=o3[b0:b1])
+        if epilogue is not None:
+            epilogue(o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
     return out
 
@@ -379,9 +395,11 @@ def _scatter(dy: np.ndarray, k1: np.ndarray | None, geo: PoolGeometry, out: np.n
 
 
 def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None,
-                     k1_grid: np.ndarray | None = None,
-                     indices: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX).
+                     k1_grid: np.ndarray | None = None, indices: bool = True,
+                     epilogue: Callable[[np.ndarray], None] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX);
+    ``epilogue`` (e.g. a fused ReLU) runs on every block of maxima while it is in cache.
 
     The indices come as a flat grid (see ``PoolGeometry.grid``; ``off_grid`` gives the
     ``(..., PH, PW)`` view), written into ``k1_grid`` when it has the right size and type.
@@ -402,6 +420,8 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         best[empty] = -FLT_MAX
         k1 = np.where(empty, 0, k + 1)
         out[...] = best.reshape(out_shape)
+        if epilogue is not None:
+            epilogue(out)
         return out, k1.reshape(out_shape)
     # Branch-free updates (data-dependent masked copies are several times slower):
     # ``fmax`` ignores NaN, and the -inf padding never beats the -FLT_MAX start, so the
@@ -418,7 +438,7 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         k1_grid = np.empty(m * size, kdt)
     o3 = _planes_view(out, m, geo.pooled)
     if o3 is None:      # a non-contiguous top: go through a contiguous copy
-        y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid, indices=indices)
+        y, k1_grid = max_pool_forward(x, geo, k1_grid=k1_grid, indices=indices, epilogue=epilogue)
         np.copyto(out, y)
         return out, k1_grid
 
@@ -433,6 +453,8 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
             for _, a, b, shift in geo.flat_offsets():
                 np.fmax(flat[a, b, shift:shift + hi], bv, out=bv)
             np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
+            if epilogue is not None:
+                epilogue(o3[b0:b1])
             return
         kb = k1_grid[b0 * size:b1 * size]
         kb.fill(0)
@@ -446,8 +468,14 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
             np.multiply(gv, kdt(o + 1), out=tv)
             np.maximum(kv, tv, out=kv)
         np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
+        if epilogue is not None:
+            epilogue(o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * x.itemsize, work)
     return out, k1_grid
+
+
+def _rectify_in_place(a: np.ndarray) -> None:
+    rectify(a, a)
 
 
 def _windows(x: np.ndarray, geo: PoolGeometry) -> np.ndarray:
@@ -467,6 +495,7 @@ class PoolingLayer(Layer):
     exact_bottoms = 1
     min_tops = 1
     inplace_allowed = False
+    fuses_relu = True       # MAX and AVE rectify their results block by block
 
     def __init__(self, param, **kwargs):
         super().__init__(param, **kwargs)
@@ -532,19 +561,23 @@ class PoolingLayer(Layer):
     def forward_cpu(self, bottom, top):
         x, geo = bottom[0].data, self.geometry
         self._k1 = None     # winners (MAX, STOCHASTIC TRAIN): 1-based offset index, 0 = none
+        epilogue = None
+        if self.rectify_top and self.pool != STOCHASTIC:
+            epilogue = _rectify_in_place
+            self.rectified_top = True
         if self.pool == MAX:
             # The winners' grid is kept for the backward; its memory is reused. A layer with
             # no backward to come and no mask top skips it (backward would recompute it).
             indices = self.backward_state_needed or len(top) > 1
             _, self._k1 = max_pool_forward(x, geo, out=top[0].data, k1_grid=self._k1_buffer,
-                                           indices=indices)
+                                           indices=indices, epilogue=epilogue)
             if self._k1 is not None and self._k1.ndim == 1:
                 self._k1_buffer = self._k1
             if len(top) > 1:
                 top[1].data[...] = geo.plane_index(self._k1 if geo.whole_plane
                                                    else geo.off_grid(self._k1, x.shape[:-2]))
         elif self.pool == AVE:
-            ave_pool_forward(x, geo, out=top[0].data)
+            ave_pool_forward(x, geo, out=top[0].data, epilogue=epilogue)
         elif self.phase == TRAIN:
             y, self._k1 = self._stochastic_train(x, geo)
             top[0].data[...] = y
