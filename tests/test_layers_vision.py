@@ -541,13 +541,9 @@ def _pair(v):
     return v if isinstance(v, tuple) else (v, v)
 
 
-@pytest.mark.parametrize("pool", ["MAX", "AVE"])
-@pytest.mark.parametrize("case", POOL_CASES,
-                         ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
-def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
-    shape, kernel, stride, pad, ceil_mode = case
-    x = rng(16).standard_normal(shape).astype(np.float32)
-    x[0, 0, 0, :2] = x[0, 0, 1, 1]                     # ties
+def _pool_against_caffe_loops(pool, case, x, dy_seed):
+    """Our layer's forward (with MAX's mask top) and backward against Caffe's loops, bit for bit."""
+    _, kernel, stride, pad, ceil_mode = case
     spec = pool_spec(pool, kernel, stride, pad, "" if ceil_mode else "round_mode: FLOOR")
     top, arg, backward = caffe_pool(x, pool, _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
     layer, bottoms, tops = setup(spec, [x], num_tops=2 if pool == "MAX" else 1)
@@ -555,10 +551,19 @@ def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
     np.testing.assert_array_equal(tops[0].data, top)
     if pool == "MAX":
         np.testing.assert_array_equal(tops[1].data, arg.astype(np.float32))
-    dy = rng(17).standard_normal(top.shape).astype(np.float32)
+    dy = rng(dy_seed).standard_normal(top.shape).astype(np.float32)
     tops[0].diff = dy
     layer.backward(tops, [True], bottoms)
     np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", POOL_CASES,
+                         ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
+def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
+    x = rng(16).standard_normal(case[0]).astype(np.float32)
+    x[0, 0, 0, :2] = x[0, 0, 1, 1]                     # ties
+    _pool_against_caffe_loops(pool, case, x, 17)
 
 
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
@@ -567,24 +572,12 @@ def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
 def test_pooling_plane_by_plane_on_several_threads_matches_caffe_loops(pool, case, monkeypatch):
     """Blocks of one plane each, shared among three threads: every block's phases and
     results live in its own thread's work arrays, at the block's own offsets."""
-    shape, kernel, stride, pad, ceil_mode = case
-    shape = (3, 3) + shape[2:]
-    x = rng(20).standard_normal(shape).astype(np.float32)
+    x = rng(20).standard_normal((3, 3) + case[0][2:]).astype(np.float32)
     x[1, 2, 0, :2] = x[1, 2, 1, 1]                     # ties
-    spec = pool_spec(pool, kernel, stride, pad, "" if ceil_mode else "round_mode: FLOOR")
-    top, arg, backward = caffe_pool(x, pool, _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
     monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
     monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
     monkeypatch.setattr(parallel, "_threads", 3)
-    layer, bottoms, tops = setup(spec, [x], num_tops=2 if pool == "MAX" else 1)
-    layer.forward(bottoms, tops)
-    np.testing.assert_array_equal(tops[0].data, top)
-    if pool == "MAX":
-        np.testing.assert_array_equal(tops[1].data, arg.astype(np.float32))
-    dy = rng(21).standard_normal(top.shape).astype(np.float32)
-    tops[0].diff = dy
-    layer.backward(tops, [True], bottoms)
-    np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+    _pool_against_caffe_loops(pool, case, x, 21)
 
 
 @pytest.mark.parametrize("case", POOL_CASES,
