@@ -668,6 +668,18 @@ def test_global_pooling(pool):
     assert tops[0].shape == (1, 3, 1, 1)
 
 
+@pytest.mark.parametrize("spec", [pool_spec("MAX", 3, 2), pool_spec("AVE", 3, 2, 1),
+                                  pool_spec("MAX", extra="global_pooling: true"),
+                                  pool_spec("AVE", extra="global_pooling: true")])
+def test_pooling_an_empty_batch(spec):
+    layer, bottoms, tops = setup(spec, [np.zeros((0, 3, 7, 7), np.float32)])
+    layer.forward(bottoms, tops)
+    assert tops[0].shape[:2] == (0, 3)
+    tops[0].diff = np.zeros(tops[0].shape, np.float32)
+    layer.backward(tops, [True], bottoms)
+    assert bottoms[0].diff.shape == (0, 3, 7, 7)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 13, 13), (1, 2, 13, 13), (3, 5, 7, 9), (10, 1000, 13, 13)])
 def test_global_average_adds_in_caffe_order(shape):
     """Caffe sums each plane one value after another, in row-major order: the result must

@@ -176,6 +176,8 @@ class PoolGeometry:
         (PHASE_BLOCK_BYTES unless given), shared among the threads when there is enough work
         (blocks are independent). Shared, the blocks are as even as possible and their count
         a multiple of the thread count, so that every thread gets the same amount."""
+        if m <= 0:
+            return
         step = max(1, (block_bytes or PHASE_BLOCK_BYTES) // max(1, plane_bytes))
         blocks = -(-m // step)
         threads = parallel.usable_threads()
@@ -410,7 +412,7 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         out = np.empty(out_shape, x.dtype)
     if geo.whole_plane:
         # Global pooling: one window = the whole plane; argmax keeps the first maximum.
-        flat = x.reshape(x.shape[:-2] + (-1,))
+        flat = x.reshape(x.shape[:-2] + (geo.size[0] * geo.size[1],))   # -1: not for 0 planes
         nan = np.isnan(flat)
         if nan.any():
             flat = np.where(nan, -np.inf, flat)
@@ -632,7 +634,7 @@ class PoolingLayer(Layer):
             return
         if self._k1 is not None:
             dx = np.zeros(bottom[0].shape, dy.dtype)
-            flat = dx.reshape(dx.shape[:2] + (-1,))
+            flat = dx.reshape(dx.shape[:2] + (geo.size[0] * geo.size[1],))
             k1 = self._k1.reshape(flat.shape[:2] + (1,)).astype(np.int64)
             np.put_along_axis(flat, np.maximum(k1 - 1, 0), np.where(k1 > 0, dy.reshape(k1.shape), 0),
                               axis=-1)
