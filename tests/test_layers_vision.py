@@ -252,6 +252,38 @@ def test_conv_row_blocks_match_direct_loops(monkeypatch):
             assert blocks and all(r1 == r0 + 1 for r0, r1 in blocks), case
 
 
+PANEL_CASES = [
+    # case (as CONV_CASES), multiply-adds per panel -> panel width
+    (((2, 3, 5, 7), 4, (2,), (), (1,), (), 1), 4 * 12 * 8, 8),           # 6 x 8 outputs per item
+    (((3, 2, 3, 40), 3, (3,), (), (1,), (), 1), 3 * 18 * 24, 24),
+    (((2, 4, 3, 33), 4, (3,), (), (1,), (), 2), 2 * 18 * 33, 33),        # groups
+]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case, madds, width", PANEL_CASES,
+                         ids=lambda c: "x".join(map(str, c[0])) if isinstance(c, tuple) else str(c))
+def test_conv_panels_match_direct_loops(case, madds, width, threads, monkeypatch):
+    """Short products go in panels at fixed offsets inside each item (where the threads
+    are already shared out: one thread, or one per batch chunk; here chunks of one item):
+    forward against the direct loops, backward (the column gradient in panels, too) against
+    finite differences."""
+    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
+    monkeypatch.setattr(convolution, "MIN_GEMM_COLUMNS", 1)
+    monkeypatch.setattr(convolution, "PANEL_MADDS", madds)
+    monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", 2)
+    monkeypatch.setattr(parallel, "_threads", threads)
+    stacked = []
+    real = np.matmul
+    monkeypatch.setattr(convolution.np, "matmul",
+                        lambda a, b, **kw: (b.ndim == 3 and stacked.append(b.shape[-1]), real(a, b, **kw))[1])
+    _conv_forward_check("Convolution", case)
+    assert width in stacked
+    stacked.clear()
+    check_gradient(conv_spec("Convolution", *case[1:]), [rng(8).standard_normal(case[0])])
+    assert stacked.count(width) > len(stacked) // 2
+
+
 def test_conv_hand_computed():
     x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     spec = ('type: "Convolution" convolution_param { num_output: 1 kernel_size: 2 } '

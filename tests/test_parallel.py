@@ -156,3 +156,31 @@ def test_convolution_gives_the_same_bits_on_one_and_on_several_threads(channels,
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_panels_sit_inside_items_so_batch_chunks_do_not_change_the_bits(monkeypatch):
+    """A short product (8 x 75 weights) goes in panels at fixed offsets inside each item: the
+    forward and the input gradient come out the same whether a chunk holds one item or four
+    (the weight gradient is summed chunk by chunk, so it may differ in its last bits)."""
+    from ristretto_cli.layers import convolution
+    monkeypatch.setattr(convolution, "PANEL_MADDS", 8 * 75 * 256)
+    monkeypatch.setattr(parallel, "_threads", 1)
+    widths = []
+    real = convolution._panel_width
+    monkeypatch.setattr(convolution, "_panel_width", lambda *a: widths.append(real(*a)) or widths[-1])
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((8, 8, 32, 32)).astype(np.float32)
+    spec = ('type: "Convolution" convolution_param { num_output: 8 kernel_size: 5 pad: 2 '
+            'weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }')
+    results = []
+    for per_chunk in (1, 4):
+        monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 75 * 1024 * per_chunk)
+        layer, bottoms, tops = setup(spec, [x])
+        layer.forward(bottoms, tops)
+        tops[0].diff = dy.copy()
+        layer.backward(tops, [True], bottoms)
+        results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
+    assert 256 in widths
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

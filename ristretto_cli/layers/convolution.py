@@ -44,6 +44,39 @@ WGRAD_PARTS_BYTES = 1 << 23
 #: blocks of output rows of at least BLOCK_MIN_COLUMNS positions (fewer make the GEMM slow).
 BLOCK_COL_ELEMENTS = 1 << 20
 BLOCK_MIN_COLUMNS = 512
+#: OpenBLAS runs products of at most this many multiply-adds on its small-matrix kernels,
+#: which do not pack their operands. A product with few rows and a short depth over many
+#: columns (a first layer: 32 x 75 weights) spends more on packing than on multiplying, so
+#: it goes in panels of that size: 1.3-1.6x faster for CIFAR-10's first layer. Those
+#: kernels' bits depend on where a panel starts, so panels sit at fixed offsets inside each
+#: batch item, whatever the chunking; none are narrower than PANEL_MIN_COLUMNS.
+PANEL_MADDS = 1_000_000
+PANEL_MIN_COLUMNS = 256
+
+
+def _panel_width(rows: int, depth: int, positions: int) -> int | None:
+    """Columns per panel for ``rows x depth`` weights over items of ``positions`` columns: the
+    widest divisor of ``positions`` within PANEL_MADDS, not under PANEL_MIN_COLUMNS; None
+    where there is none (the product is deep or wide enough as it is)."""
+    limit = PANEL_MADDS // max(1, rows * depth)
+    for parts in range(1, positions // PANEL_MIN_COLUMNS + 1):
+        if positions % parts == 0 and positions // parts <= limit:
+            return positions // parts
+    return None
+
+
+def _matmul_items(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, positions: int) -> None:
+    """``out = a @ b`` where the columns of ``b`` and ``out`` are ``items`` runs of
+    ``positions`` (batch outer): in panels (see PANEL_MADDS) where that pays and the
+    threads are already shared out, as one stacked matmul (a GEMM per panel); else as one
+    product."""
+    width = _panel_width(a.shape[0], a.shape[1], positions)
+    if width is None or items * positions <= width or parallel.usable_threads() > 1:
+        parallel.matmul(a, b, out)
+        return
+    panels = items * (positions // width)
+    np.matmul(a, b.reshape(b.shape[0], panels, width).transpose(1, 0, 2),
+              out=out.reshape(out.shape[0], panels, width).transpose(1, 0, 2))
 
 
 def _writable(blob, what: str, shape) -> np.ndarray:
@@ -397,7 +430,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
                 res = scratch("gemm", (o, n * p), x.dtype)
                 for g in range(g_):
-                    parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                    if bi:
+                        parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                    else:
+                        _matmul_items(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og], n, p)
                 self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
@@ -467,7 +503,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
                 for g in range(g_):   # the column buffer is reused for the column gradient
-                    parallel.matmul(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                    if bi:
+                        parallel.matmul(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                    else:
+                        _matmul_items(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], n, p)
                 col2im(col, geo, n, c, bi, out=dx[n0:n1])
         self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:
