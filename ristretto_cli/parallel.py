@@ -168,16 +168,32 @@ def for_ranges(n: int, work, min_items: int = 1) -> None:
                 f.result()
 
 
+def for_bounds(bounds: list[int], work, min_items: int = 1) -> None:
+    """``work(bounds[i], bounds[i + 1])`` for every consecutive pair of ``bounds``, the pairs
+    shared among the threads in order (``min_items`` pairs at least per thread)."""
+    def share(i0: int, i1: int) -> None:
+        for i in range(i0, i1):
+            work(bounds[i], bounds[i + 1])
+    for_ranges(len(bounds) - 1, share, min_items=min_items)
+
+
+def even_bounds(n: int, step: int, shared: bool) -> list[int]:
+    """Boundaries of the fewest ranges of at most ``step`` items that cover ``0..n``, as even
+    as possible. ``shared``: their count rounded up to a multiple of the usable threads (at
+    most ``n`` ranges), so that every thread gets the same amount."""
+    count = -(-n // max(1, step))
+    threads = usable_threads()
+    if shared and threads > 1:
+        count = min(n, -(-count // threads) * threads)
+    return [n * i // count for i in range(count + 1)] if count else [0]
+
+
 def for_blocks(n: int, step: int, work, min_blocks: int = 1) -> None:
     """``work(i0, i1)`` over consecutive blocks of at most ``step`` items covering ``0..n``
     (each block sized to be worked on in the cache), the blocks shared among the threads
     when each gets at least ``min_blocks``."""
     step = max(1, step)
-
-    def blocks(b0: int, b1: int) -> None:
-        for b in range(b0, b1):
-            work(b * step, min(n, (b + 1) * step))
-    for_ranges(-(-n // step), blocks, min_items=min_blocks)
+    for_bounds([min(n, b * step) for b in range(-(-n // step) + 1)], work, min_items=min_blocks)
 
 
 #: Products below this many FLOPs run on one thread: sharing them costs more in waking
@@ -208,5 +224,6 @@ def matmul(a, b, out) -> None:
     for_ranges(units, share)
 
 
-__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "for_blocks", "in_worker",
+__all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "for_bounds", "even_bounds",
+           "for_blocks", "in_worker",
            "usable_threads", "blas_single_threaded", "blas_controllable", "matmul"]

@@ -65,12 +65,13 @@ def _panel_width(rows: int, depth: int, positions: int) -> int | None:
     return None
 
 
-def _matmul_items(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, positions: int) -> None:
-    """``out = a @ b`` where the columns of ``b`` and ``out`` are ``items`` runs of
-    ``positions`` (batch outer): in panels (see PANEL_MADDS) where that pays and the
-    threads are already shared out, as one stacked matmul (a GEMM per panel); else as one
-    product."""
-    width = _panel_width(a.shape[0], a.shape[1], positions)
+def _matmul_cols(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, positions: int,
+                 batch_inner: bool) -> None:
+    """``out = a @ b`` for column buffers ``b`` and ``out`` of ``items`` x ``positions``
+    columns: with the batch outer (each item's columns a run), in panels (see PANEL_MADDS)
+    where that pays and the threads are already shared out, as one stacked matmul (a GEMM
+    per panel); else as one product."""
+    width = None if batch_inner else _panel_width(a.shape[0], a.shape[1], positions)
     if width is None or items * positions <= width or parallel.usable_threads() > 1:
         parallel.matmul(a, b, out)
         return
@@ -268,11 +269,8 @@ class BaseConvolutionLayer(Layer):
         several threads and enough work their number is a multiple of the thread count, so
         that the threads get equal shares."""
         n = self.num
-        chunks = -(-n // max(1, step))
-        threads = parallel.usable_threads()
-        if threads > 1 and (chunks > 1 or self._gemm_flops() >= threads * parallel.SPLIT_MIN_FLOPS):
-            chunks = min(n, -(-chunks // threads) * threads)
-        return [n * i // chunks for i in range(chunks + 1)]
+        shared = n > step or self._gemm_flops() >= parallel.usable_threads() * parallel.SPLIT_MIN_FLOPS
+        return parallel.even_bounds(n, step, shared)
 
     def _gemm_flops(self) -> int:
         """Multiply-adds x 2 of the layer's forward GEMMs."""
@@ -287,11 +285,6 @@ class BaseConvolutionLayer(Layer):
             for unit in units[i0:i1]:
                 work(*unit)
         parallel.for_ranges(len(units), share)
-
-    @staticmethod
-    def _each_chunk(bounds: list[int], work) -> None:
-        """``work(n0, n1)`` for every chunk of the batch (see ``_each_unit``)."""
-        BaseConvolutionLayer._each_unit(list(zip(bounds, bounds[1:])), work)
 
     def _row_blocks(self, rows: int) -> list[tuple[int, int]] | None:
         """Output-row blocks (first spatial axis) for items whose column buffer (``rows`` x
@@ -312,7 +305,7 @@ class BaseConvolutionLayer(Layer):
 
     @staticmethod
     def _each_chunk_summed(bounds: list[int], work, dwg: _WeightGradient | None) -> None:
-        """As ``_each_chunk`` for backward chunks ``work(slot, n0, n1)`` that put their
+        """As ``parallel.for_bounds`` for backward chunks ``work(slot, n0, n1)`` that put their
         weight-gradient products into ``slot`` of ``dwg``: the chunks run in waves of one
         per slot, each wave's products summed in chunk order."""
         if dwg is None:
@@ -430,17 +423,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
                 res = scratch("gemm", (o, n * p), x.dtype)
                 for g in range(g_):
-                    if bi:
-                        parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
-                    else:
-                        _matmul_items(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og], n, p)
+                    _matmul_cols(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og], n, p, bi)
                 self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
             if rectified:       # the fused in-place ReLU, while the chunk is in cache
                 rectify(yc, yc)
         if row_blocks is None:
-            self._each_chunk(self._chunk_bounds(step), forward_chunk)
+            parallel.for_bounds(self._chunk_bounds(step), forward_chunk)
         else:
             self._each_unit([(i, i + 1, r) for i in range(self.num) for r in row_blocks], forward_chunk)
         self.rectified_top = rectified
@@ -503,10 +493,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
                 for g in range(g_):   # the column buffer is reused for the column gradient
-                    if bi:
-                        parallel.matmul(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
-                    else:
-                        _matmul_items(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], n, p)
+                    _matmul_cols(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], n, p, bi)
                 col2im(col, geo, n, c, bi, out=dx[n0:n1])
         self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:
@@ -584,7 +571,7 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                             None if bias is None else bias.reshape((o,) + (1,) * len(geo.image)))
             if chunk_output is not None:
                 chunk_output(yc)
-        self._each_chunk(self._chunk_bounds(step), forward_chunk)
+        parallel.for_bounds(self._chunk_bounds(step), forward_chunk)
 
     def _backward(self, x, dy, w, dw, dx):
         geo, g_ = self.geometry, self.group

@@ -176,20 +176,10 @@ class PoolGeometry:
         (PHASE_BLOCK_BYTES unless given), shared among the threads when there is enough work
         (blocks are independent). Shared, the blocks are as even as possible and their count
         a multiple of the thread count, so that every thread gets the same amount."""
-        if m <= 0:
-            return
         step = max(1, (block_bytes or PHASE_BLOCK_BYTES) // max(1, plane_bytes))
-        blocks = -(-m // step)
-        threads = parallel.usable_threads()
-        split = threads > 1 and m * plane_bytes >= PARALLEL_MIN_BYTES
-        if split:
-            blocks = min(m, -(-blocks // threads) * threads)
-        bounds = [m * i // blocks for i in range(blocks + 1)]
-
-        def share(i0: int, i1: int) -> None:
-            for i in range(i0, i1):
-                work(bounds[i], bounds[i + 1])
-        parallel.for_ranges(blocks, share, min_items=1 if split else blocks + 1)
+        split = m * plane_bytes >= PARALLEL_MIN_BYTES
+        bounds = parallel.even_bounds(m, step, split)
+        parallel.for_bounds(bounds, work, min_items=1 if split else len(bounds))
 
     @property
     def whole_plane(self) -> bool:
