@@ -177,14 +177,16 @@ def for_bounds(bounds: list[int], work, min_items: int = 1) -> None:
     for_ranges(len(bounds) - 1, share, min_items=min_items)
 
 
-def even_bounds(n: int, step: int, shared: bool) -> list[int]:
+def even_bounds(n: int, step: int, shared: bool, least: int = 1) -> list[int]:
     """Boundaries of the fewest ranges of at most ``step`` items that cover ``0..n``, as even
     as possible. ``shared``: their count rounded up to a multiple of the usable threads (at
-    most ``n`` ranges), so that every thread gets the same amount."""
-    count = -(-n // max(1, step))
+    most ``n`` ranges), so that every thread gets the same amount. No range is shorter than
+    ``least`` items unless ``n`` is (then there is one range), whatever the thread count."""
+    count = -(-n // max(1, step, least))
     threads = usable_threads()
     if shared and threads > 1:
         count = min(n, -(-count // threads) * threads)
+    count = min(count, max(1, n // max(1, least))) if n else 0
     return [n * i // count for i in range(count + 1)] if count else [0]
 
 

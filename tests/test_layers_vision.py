@@ -20,7 +20,7 @@ from layer_check import TRAIN, check_forward, check_gradient, forward, layer_par
 from ristretto_cli import parallel
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import upgrade_net_as_needed, write_caffemodel
-from ristretto_cli.layers import convolution, im2col, pooling
+from ristretto_cli.layers import convolution, im2col, pooling, row_shift
 from ristretto_cli.layers.convolution import ConvolutionLayer, DeconvolutionLayer
 from ristretto_cli.layers.inner_product import InnerProductLayer
 from ristretto_cli.layers.pooling import pooled_size
@@ -360,6 +360,66 @@ def test_conv_gradients_through_flipped_kernels(case):
     layer, _, _ = setup(spec, [rng(7).standard_normal(case[0])])
     assert layer._flipped_geometry() is not None
     check_gradient(spec, [rng(7).standard_normal(case[0])])
+
+
+ROW_SHIFT_CASES = FLIPPED_CASES + [
+    ((5, 3, 6, 4), 4, (3,), (), (1,), (), 1),               # C < O: flipped, too
+    ((2, 4, 5, 6), 2, (1, 3), (), (0, 1), (), 1),           # one kernel row: columns
+    ((2, 4, 7, 6), 2, (3,), (2, 1), (1,), (), 1),           # stride 2: col2im
+]
+
+
+@pytest.mark.parametrize("threads, chunk", [(1, 1 << 20), (3, 1)], ids=["one-chunk", "three-threads-items"])
+@pytest.mark.parametrize("case", ROW_SHIFT_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_conv_backward_by_shifted_rows(case, threads, chunk, monkeypatch):
+    """With any depth allowed, every backward pass through the flipped kernels with two
+    kernel rows or more goes by shifted rows: both gradients equal those of the column
+    paths (float64) and pass finite differences, in one chunk and in chunks of one item on
+    three threads."""
+    monkeypatch.setattr(row_shift, "MIN_ROW_DEPTH", 1)
+    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", chunk)
+    monkeypatch.setattr(convolution, "MIN_GEMM_COLUMNS", 1)
+    monkeypatch.setattr(parallel, "_threads", threads)
+    calls = []
+    real = row_shift.row_product
+    monkeypatch.setattr(row_shift, "row_product", lambda *a: (calls.append(a[2]), real(*a))[1])
+    shape, o, kernel, stride = case[:4]
+    spec = conv_spec("Convolution", *case[1:])
+    x, dy = rng(9).standard_normal(shape), None
+    grads = []
+    for rows in (False, True):
+        monkeypatch.setattr(row_shift, "MIN_KERNEL_ROWS", 2 if rows else 1 << 30)
+        layer, bottoms, tops = setup(spec, [x], dtype=np.float64)
+        layer.forward(bottoms, tops)
+        dy = rng(10).standard_normal(tops[0].shape) if dy is None else dy
+        tops[0].diff = dy.copy()
+        layer.backward(tops, [True], bottoms)
+        grads.append([bottoms[0].diff.copy()] + [blob.diff.copy() for blob in layer.blobs])
+    applies = kernel[0] > 1 and spatial(stride, len(shape) - 2, 1)[0] == 1
+    assert bool(calls) == applies
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+    check_gradient(spec, [x])
+
+
+def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
+    """A 32 -> 32 5x5 layer (its backward by shifted rows): the same bits on one and on four
+    threads, however the batch is chunked."""
+    x = rng(3).standard_normal((8, 32, 8, 8)).astype(np.float32)
+    dy = rng(4).standard_normal((8, 32, 8, 8)).astype(np.float32)
+    spec = conv_spec("Convolution", 32, (5,), (), (2,), (), 1)
+    results = []
+    for threads, chunk in ((1, 1 << 20), (4, 1), (4, 1 << 20)):
+        monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", chunk)
+        with parallel.limited(threads):
+            layer, bottoms, tops = setup(spec, [x])
+            layer.forward(bottoms, tops)
+            tops[0].diff = dy.copy()
+            layer.backward(tops, [True], bottoms)
+            results.append([tops[0].data.copy(), bottoms[0].diff.copy()])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 def test_conv_gradient_without_bias():

@@ -4,7 +4,10 @@ Both run batched: the column buffer of a chunk of batch items goes through one G
 group. Chunks are sized for the cache (see ``im2col.CACHE_COL_ELEMENTS``), so that the GEMM
 reads a column buffer that was just written; a single item too large for that is convolved
 in blocks of output rows (forward). 1x1 / stride 1 / no-pad kernels skip im2col: the input
-itself is the column buffer.
+itself is the column buffer. The backward pass of kernels of five rows or more at stride 1
+builds dy's buffer over the other axes only and multiplies shifted views of it (``row_shift``);
+the forward keeps Caffe's single GEMM over the whole buffer, whose summation order its
+numbers follow.
 
 The weights a forward pass multiplies with come from ``forward_weights()`` and are kept for
 the backward pass's bottom gradient; Ristretto's quantized layers override that method to
@@ -18,6 +21,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count
+from ristretto_cli.layers import row_shift
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.im2col import (
     CACHE_COL_ELEMENTS,
@@ -127,6 +131,20 @@ class _WeightGradient:
         items of ``a[i] @ b[i].T``, one GEMM per item, no transposing copies."""
         lhs, rhs = (b, a) if self.transposed else (a, b)
         np.add.reduce(np.matmul(lhs, rhs.transpose(0, 2, 1)), axis=0, out=self.parts[slot, g])
+
+    def add_shifted(self, slot: int, g: int, a: np.ndarray, b: np.ndarray, og: int) -> None:
+        """As ``add`` with ``a`` given by kernel rows (``row_shift.shifted``): ``a[i]``
+        ``(O/g * rest, P)`` holds the rows ``(o, i, rest)`` of ``a @ b.T`` for kernel row ``i``.
+        One stacked product, reordered into the slot."""
+        k0, rows, _ = a.shape
+        rest, kc = rows // og, b.shape[0]
+        part = self.parts[slot, g]
+        if self.transposed:
+            prod = np.matmul(b, a.transpose(0, 2, 1))                # (k0, C/g, O/g * rest)
+            np.copyto(part.reshape(kc, og, k0, rest), prod.reshape(k0, kc, og, rest).transpose(1, 2, 0, 3))
+        else:
+            prod = np.matmul(a, b.T)                                  # (k0, O/g * rest, C/g)
+            np.copyto(part.reshape(og, k0, rest, kc), prod.reshape(k0, og, rest, kc).transpose(1, 0, 2, 3))
 
     def collect(self, slots: int) -> None:
         """Adds the products of a wave's ``slots`` chunks, in chunk order."""
@@ -264,13 +282,14 @@ class BaseConvolutionLayer(Layer):
         within HOOKED_CHUNK_ELEMENTS (cache), down to MIN_GEMM_COLUMNS columns per GEMM."""
         return max(HOOKED_CHUNK_ELEMENTS // max(1, per_item), -(-MIN_GEMM_COLUMNS // max(1, positions)), 1)
 
-    def _chunk_bounds(self, step: int) -> list[int]:
-        """Boundaries of the batch chunks of at most ``step`` items, as even as possible. With
-        several threads and enough work their number is a multiple of the thread count, so
-        that the threads get equal shares."""
+    def _chunk_bounds(self, step: int, least: int = 1) -> list[int]:
+        """Boundaries of the batch chunks of at most ``step`` items (and at least ``least``,
+        see ``even_bounds``), as even as possible. With several threads and enough work
+        their number is a multiple of the thread count, so that the threads get equal
+        shares."""
         n = self.num
         shared = n > step or self._gemm_flops() >= parallel.usable_threads() * parallel.SPLIT_MIN_FLOPS
-        return parallel.even_bounds(n, step, shared)
+        return parallel.even_bounds(n, step, shared, least)
 
     def _gemm_flops(self) -> int:
         """Multiply-adds x 2 of the layer's forward GEMMs."""
@@ -442,13 +461,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
         wg = w.reshape(g_, og, kg)
         dy = dy.reshape(self.num, o, p)
         flipped = self._flipped_geometry() if dx is not None else None
+        least, frows = 1, None
         if flipped is not None:
             fgeo, wf = flipped, self._flipped_weights(w)
             fk = og * geo.kernel_size
             step = self._chunk(max(c, o) * geo.kernel_size, max(p, geo.image_size))
+            if row_shift.applies(fgeo, og):
+                # By shifted rows, dy's rows buffer serving dx and dW. The least chunk keeps
+                # every chunk's products above PANEL_MADDS: OpenBLAS runs smaller ones on other
+                # kernels, which need not give the same bits, and chunks follow the threads.
+                frows = row_shift.row_weights(wf.reshape((c, og) + self.kernel), g_)
+                fdepth = frows.shape[3]
+                least = PANEL_MADDS // max(1, cg * fdepth * geo.image_size) + 1
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
-        bounds = self._chunk_bounds(step)
+        bounds = self._chunk_bounds(step, least)
         if flipped is not None and dw is not None:
             # The weight gradient from the flipped columns: see _flipped_weight_target.
             dwg = self._weight_gradient(dw, (g_, fk, cg), len(bounds) - 1, self._flipped_weight_target(dw))
@@ -459,6 +486,19 @@ class ConvolutionLayer(BaseConvolutionLayer):
             xc, dyc = x[n0:n1], dy[n0:n1]
             n = n1 - n0
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
+            if frows is not None:
+                rows = row_shift.row_buffer(dyc.reshape((n, o) + geo.cols), row_shift.row_geometry(fgeo), "col")
+                if dwg is not None:
+                    xt = _cols(xc, True, "cols_in")
+                    for g in range(g_):
+                        dwg.add_shifted(slot, g, row_shift.shifted(rows[g * fdepth:(g + 1) * fdepth], fgeo, n),
+                                        xt[g * cg:(g + 1) * cg], og)
+                res = scratch("gemm", (c, n * geo.image_size), x.dtype)
+                for g in range(g_):
+                    row_shift.row_product(frows[g], rows[g * fdepth:(g + 1) * fdepth], fgeo, n,
+                                          res[g * cg:(g + 1) * cg])
+                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, True))
+                return
             if flipped is not None:
                 # dx is the full correlation of dy with the flipped kernels
                 fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
@@ -503,15 +543,22 @@ class ConvolutionLayer(BaseConvolutionLayer):
         """For stride 1 with at least as many input as output channels per group, the input
         gradient is computed as a convolution of dy with the flipped, transposed kernels
         (im2col of dy, one GEMM per group): faster than the column gradient's GEMM plus
-        col2im there (e.g. 1.4x for CIFAR-10's 32 -> 32 5x5 layer). The summation order
-        differs from col2im's (float32 rounding only). None where it does not apply."""
+        col2im there (e.g. 1.4x for CIFAR-10's 32 -> 32 5x5 layer). With fewer inputs than
+        outputs only by shifted rows (``row_shift``), and where the inputs per group times
+        the kernel's other axes reach its MIN_ROW_DEPTH (CIFAR-10's 32 -> 64 5x5 layer: 0.86-0.9x
+        the backward time; a first layer's 3 channels stay). The summation order differs
+        from col2im's (float32 rounding only). None where it does not apply."""
         geo = self.geometry
-        if (geo.pointwise or self.channels < self.num_output
+        if (geo.pointwise
                 or any(s != 1 for s in geo.stride) or any(d != 1 for d in geo.dilation)
                 or any(p > k - 1 for p, k in zip(geo.pad, geo.kernel))):
             return None
-        return ConvGeometry(geo.cols, geo.image, geo.kernel, geo.stride,
+        fgeo = ConvGeometry(geo.cols, geo.image, geo.kernel, geo.stride,
                             tuple(k - 1 - p for p, k in zip(geo.pad, geo.kernel)), geo.dilation)
+        if self.channels < self.num_output and not (row_shift.applies(fgeo, self.num_output // self.group)
+                                                    and row_shift.applies(geo, self.channels // self.group)):
+            return None
+        return fgeo
 
     def _flipped_weight_target(self, dw: np.ndarray) -> np.ndarray:
         """The view of ``dw`` that the flipped path's weight-gradient products add into.
