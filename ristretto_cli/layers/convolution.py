@@ -471,6 +471,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 # every chunk's products above PANEL_MADDS: OpenBLAS runs smaller ones on other
                 # kernels, which need not give the same bits, and chunks follow the threads.
                 frows = row_shift.row_weights(wf.reshape((c, og) + self.kernel), g_)
+                frgeo = row_shift.row_geometry(fgeo)
                 fdepth = frows.shape[3]
                 least = PANEL_MADDS // max(1, cg * fdepth * geo.image_size) + 1
         else:
@@ -487,16 +488,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
             n = n1 - n0
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
             if frows is not None:
-                rows = row_shift.row_buffer(dyc.reshape((n, o) + geo.cols), row_shift.row_geometry(fgeo), "col")
-                if dwg is not None:
-                    xt = _cols(xc, True, "cols_in")
-                    for g in range(g_):
-                        dwg.add_shifted(slot, g, row_shift.shifted(rows[g * fdepth:(g + 1) * fdepth], fgeo, n),
-                                        xt[g * cg:(g + 1) * cg], og)
+                rows = row_shift.row_buffer(dyc.reshape((n, o) + geo.cols), frgeo, "col")
+                xt = _cols(xc, True, "cols_in") if dwg is not None else None
                 res = scratch("gemm", (c, n * geo.image_size), x.dtype)
                 for g in range(g_):
-                    row_shift.row_product(frows[g], rows[g * fdepth:(g + 1) * fdepth], fgeo, n,
-                                          res[g * cg:(g + 1) * cg])
+                    rows_g, xg = rows[g * fdepth:(g + 1) * fdepth], slice(g * cg, (g + 1) * cg)
+                    if xt is not None:
+                        dwg.add_shifted(slot, g, row_shift.shifted(rows_g, fgeo, n), xt[xg], og)
+                    row_shift.row_product(frows[g], rows_g, fgeo, n, res[xg])
                 np.copyto(dx[n0:n1], from_cols(res, n, geo.image, True))
                 return
             if flipped is not None:
