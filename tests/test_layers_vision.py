@@ -403,8 +403,11 @@ def test_conv_backward_by_shifted_rows(case, threads, chunk, monkeypatch):
 
 
 def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
-    """A 32 -> 32 5x5 layer (its backward by shifted rows): the same bits on one and on four
-    threads, however the batch is chunked."""
+    """A 32 -> 32 5x5 layer (its backward by shifted rows, in panels): the same bits on one
+    and on four threads, however the batch is chunked."""
+    panels = []
+    real = row_shift.row_product
+    monkeypatch.setattr(row_shift, "row_product", lambda *a: (panels.append(a[5]), real(*a))[1])
     x = rng(3).standard_normal((8, 32, 8, 8)).astype(np.float32)
     dy = rng(4).standard_normal((8, 32, 8, 8)).astype(np.float32)
     spec = conv_spec("Convolution", 32, (5,), (), (2,), (), 1)
@@ -417,6 +420,7 @@ def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
             tops[0].diff = dy.copy()
             layer.backward(tops, [True], bottoms)
             results.append([tops[0].data.copy(), bottoms[0].diff.copy()])
+    assert 128 in panels
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

@@ -77,11 +77,23 @@ def shifted(rows: np.ndarray, geo: ConvGeometry, n: int, k0: int | None = None) 
                       strides=(step, rows.strides[0], rows.itemsize), writeable=False)
 
 
-def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out: np.ndarray) -> None:
+def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out: np.ndarray,
+                panel: int | None = None) -> None:
     """``out`` ``(O/g, positions * n)`` = the convolution of one group: ``wr`` ``(kernel rows,
     O/g, depth)`` (``row_weights`` of the group) against ``rows`` ``(depth, padded rows *
-    rest * n)`` (the group's rows of ``row_buffer``). Output columns come batch innermost."""
-    k0, og, _ = wr.shape
-    parts = scratch("row_parts", (k0, og, out.shape[1]), out.dtype)
-    np.matmul(wr, shifted(rows, geo, n, k0), out=parts)
+    rest * n)`` (the group's rows of ``row_buffer``). Output columns come batch innermost.
+    ``panel``: a width that divides the columns; each kernel row's product then goes panel
+    by panel (one stacked matmul all the same)."""
+    k0, og, depth = wr.shape
+    width = out.shape[1]
+    parts = scratch("row_parts", (k0, og, width), out.dtype)
+    views = shifted(rows, geo, n, k0)
+    if panel and panel < width:
+        count = width // panel
+        panels = as_strided(rows, shape=(k0, count, depth, panel),
+                            strides=(views.strides[0], panel * rows.itemsize, rows.strides[0], rows.itemsize),
+                            writeable=False)
+        np.matmul(wr[:, None], panels, out=parts.reshape(k0, og, count, panel).transpose(0, 2, 1, 3))
+    else:
+        np.matmul(wr, views, out=parts)
     np.add.reduce(parts, axis=0, out=out)
