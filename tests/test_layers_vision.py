@@ -407,7 +407,7 @@ def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
     and on four threads, however the batch is chunked."""
     panels = []
     real = row_shift.row_product
-    monkeypatch.setattr(row_shift, "row_product", lambda *a: (panels.append(a[5]), real(*a))[1])
+    monkeypatch.setattr(row_shift, "row_product", lambda *a: (panels.append(a[5] if a[6] else None), real(*a))[1])
     x = rng(3).standard_normal((8, 32, 8, 8)).astype(np.float32)
     dy = rng(4).standard_normal((8, 32, 8, 8)).astype(np.float32)
     spec = conv_spec("Convolution", 32, (5,), (), (2,), (), 1)
@@ -420,10 +420,30 @@ def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
             tops[0].diff = dy.copy()
             layer.backward(tops, [True], bottoms)
             results.append([tops[0].data.copy(), bottoms[0].diff.copy()])
-    assert 128 in panels
+    assert convolution.shallow_panel(32, 160) in panels
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("rows, depth, n", [(32, 160, 5), (32, 320, 16), (8, 64, 8), (16, 96, 7), (7, 383, 2)])
+def test_shallow_panels_give_the_bits_of_one_product(rows, depth, n):
+    """A shallow product by shifted rows in panels (see convolution.PANEL_MAX_DEPTH) has the
+    bits of the same product in one piece, whatever the number of items (its width)."""
+    width = convolution.shallow_panel(rows, depth)
+    assert width is not None and width % 16 == 0
+    g = rng(rows + depth)
+    geo = im2col.ConvGeometry((16, 16), (16, 16), (5, 5), (1, 1), (2, 2), (1, 1))
+    wr = g.standard_normal((5, rows, depth)).astype(np.float32)
+    for items in (n, n + 1, 3 * n):
+        buf = g.standard_normal((depth, 20 * 16 * items)).astype(np.float32)
+        count = convolution._whole_panels(rows, depth, 256 * items, width)
+        whole, panels = (np.empty((rows, 256 * items), np.float32) for _ in range(2))
+        with parallel.blas_single_threaded():
+            row_shift.row_product(wr, buf, geo, items, whole)
+            row_shift.row_product(wr, buf, geo, items, panels, width, count)
+        assert count > 0 or items == n
+        np.testing.assert_array_equal(panels.view(np.uint32), whole.view(np.uint32))
 
 
 def test_conv_gradient_without_bias():

@@ -56,22 +56,41 @@ BLOCK_MIN_COLUMNS = 512
 #: batch item, whatever the chunking; none are narrower than PANEL_MIN_COLUMNS.
 PANEL_MADDS = 1_000_000
 PANEL_MIN_COLUMNS = 256
-#: Up to this depth the small-matrix kernels give the packed GEMM's bits (it sums such a depth
-#: in one block, as they do; measured equal up to 416 on OpenBLAS's AVX-512 build, unequal
-#: from 512). Products by shifted rows that shallow go in panels of at least
-#: ROW_PANEL_MIN_COLUMNS wherever they fall in a chunk: 1.25x the GEMM rate on CIFAR-10's
-#: 32 x 160 input-gradient products, the same bits whatever the chunking.
+#: Up to this depth, with two rows or more and panels of whole multiples of 16 columns, the
+#: small-matrix kernels give the packed GEMM's bits (it sums such a depth in one block, as
+#: they do; measured equal up to 416 on OpenBLAS's AVX-512 build, unequal from 512), except
+#: on the last columns of a width that is not a multiple of 16. The backward pass's products
+#: by shifted rows that shallow go in panels of up to SHALLOW_PANEL_COLUMNS wherever they fall
+#: in a chunk, the last columns in one product above PANEL_MADDS (``_whole_panels``): 1.25x
+#: the GEMM rate on CIFAR-10's 32 x 160 input-gradient products, the same bits whatever the
+#: chunking and the threads.
 PANEL_MAX_DEPTH = 384
-ROW_PANEL_MIN_COLUMNS = 64
+SHALLOW_PANEL_COLUMNS = 256
+SHALLOW_PANEL_MIN_COLUMNS = 32
 
 
-def _panel_width(rows: int, depth: int, positions: int, least: int | None = None) -> int | None:
+def shallow_panel(rows: int, depth: int) -> int | None:
+    """Panel width for a shallow product of ``rows x depth`` weights (see PANEL_MAX_DEPTH), or
+    None where the product is too deep, a single row, or its panels would be too narrow."""
+    if depth > PANEL_MAX_DEPTH or rows < 2:
+        return None
+    width = min(SHALLOW_PANEL_COLUMNS, PANEL_MADDS // max(1, rows * depth)) // 16 * 16
+    return width if width >= SHALLOW_PANEL_MIN_COLUMNS else None
+
+
+def _whole_panels(rows: int, depth: int, columns: int, width: int) -> int:
+    """How many panels of ``width`` come before one last product of the remaining columns,
+    which is kept above PANEL_MADDS (see PANEL_MAX_DEPTH)."""
+    last = PANEL_MADDS // max(1, rows * depth) + 1
+    return max(0, (columns - last) // width)
+
+
+def _panel_width(rows: int, depth: int, positions: int) -> int | None:
     """Columns per panel for ``rows x depth`` weights over items of ``positions`` columns: the
-    widest divisor of ``positions`` within PANEL_MADDS, not under ``least`` columns
-    (PANEL_MIN_COLUMNS); None where there is none (the product is deep or wide enough as it
-    is)."""
+    widest divisor of ``positions`` within PANEL_MADDS, not under PANEL_MIN_COLUMNS; None
+    where there is none (the product is deep or wide enough as it is)."""
     limit = PANEL_MADDS // max(1, rows * depth)
-    for parts in range(1, positions // (least or PANEL_MIN_COLUMNS) + 1):
+    for parts in range(1, positions // PANEL_MIN_COLUMNS + 1):
         if positions % parts == 0 and positions // parts <= limit:
             return positions // parts
     return None
@@ -497,15 +516,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
             if frows is not None:
                 rows = row_shift.row_buffer(dyc.reshape((n, o) + geo.cols), frgeo, "col")
-                panel = None if fdepth > PANEL_MAX_DEPTH else _panel_width(
-                    cg, fdepth, n * geo.image_size, ROW_PANEL_MIN_COLUMNS)
+                panel = shallow_panel(cg, fdepth)
+                count = _whole_panels(cg, fdepth, n * geo.image_size, panel) if panel else 0
                 xt = _cols(xc, True, "cols_in") if dwg is not None else None
                 res = scratch("gemm", (c, n * geo.image_size), x.dtype)
                 for g in range(g_):
                     rows_g, xg = rows[g * fdepth:(g + 1) * fdepth], slice(g * cg, (g + 1) * cg)
                     if xt is not None:
                         dwg.add_shifted(slot, g, row_shift.shifted(rows_g, fgeo, n), xt[xg], og)
-                    row_shift.row_product(frows[g], rows_g, fgeo, n, res[xg], panel)
+                    row_shift.row_product(frows[g], rows_g, fgeo, n, res[xg], panel, count)
                 np.copyto(dx[n0:n1], from_cols(res, n, geo.image, True))
                 return
             if flipped is not None:

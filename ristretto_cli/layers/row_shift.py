@@ -78,22 +78,24 @@ def shifted(rows: np.ndarray, geo: ConvGeometry, n: int, k0: int | None = None) 
 
 
 def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out: np.ndarray,
-                panel: int | None = None) -> None:
+                panel: int | None = None, count: int = 0) -> None:
     """``out`` ``(O/g, positions * n)`` = the convolution of one group: ``wr`` ``(kernel rows,
     O/g, depth)`` (``row_weights`` of the group) against ``rows`` ``(depth, padded rows *
     rest * n)`` (the group's rows of ``row_buffer``). Output columns come batch innermost.
-    ``panel``: a width that divides the columns; each kernel row's product then goes panel
-    by panel (one stacked matmul all the same)."""
+    ``panel``, ``count``: each kernel row's first ``count`` panels of ``panel`` columns go
+    panel by panel (one stacked matmul all the same), the remaining columns as one product."""
     k0, og, depth = wr.shape
     width = out.shape[1]
     parts = scratch("row_parts", (k0, og, width), out.dtype)
     views = shifted(rows, geo, n, k0)
-    if panel and panel < width:
-        count = width // panel
+    if panel and count:
+        item = rows.itemsize
         panels = as_strided(rows, shape=(k0, count, depth, panel),
-                            strides=(views.strides[0], panel * rows.itemsize, rows.strides[0], rows.itemsize),
-                            writeable=False)
-        np.matmul(wr[:, None], panels, out=parts.reshape(k0, og, count, panel).transpose(0, 2, 1, 3))
+                            strides=(views.strides[0], panel * item, rows.strides[0], item), writeable=False)
+        panel_parts = as_strided(parts, shape=(k0, count, og, panel),
+                                 strides=(parts.strides[0], panel * item, parts.strides[1], item))
+        np.matmul(wr[:, None], panels, out=panel_parts)
+        np.matmul(wr, views[..., count * panel:], out=parts[..., count * panel:])
     else:
         np.matmul(wr, views, out=parts)
     np.add.reduce(parts, axis=0, out=out)
