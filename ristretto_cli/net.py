@@ -164,6 +164,7 @@ class Net:
 
         self._analyse_backward(say)
         self._fused_relus = self._find_fused_relus()
+        self._alias_concat_bottoms()
         if self.force_backward:
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
@@ -271,6 +272,42 @@ class Net:
                     self.bottom_need_backward[i][j] = False
                 if not self.bottom_need_backward[i][j]:
                     skip_backprop.add(b.name)
+
+    def _alias_concat_bottoms(self) -> None:
+        """Lets a Concat's bottoms become views of its top, so that their producers write
+        their values in place and the Concat copies nothing (SqueezeNet's fire modules): for
+        each bottom that only layers writing their tops in place write, all before the Concat,
+        whose array no other blob holds, that the Concat takes once, and that nothing after
+        the Concat writes, the top included. Only the values are shared; the gradients stay
+        apart as in Caffe. The Concat checks the view on every pass and copies otherwise. None
+        in a net with a layer that changes its bottoms (Ristretto's input trimming would reach
+        the Concat's bottoms through its top, and any view or Split of it)."""
+        if any(layer.writes_bottoms for layer in self.layers):
+            return
+        writers: dict[int, list[int]] = {}
+        for j, tops in enumerate(self.top_vecs):
+            for t in tops:
+                writers.setdefault(id(t), []).append(j)
+        arrays: dict[int, int] = {}
+        for blob in {id(b): b for b in self.blobs.values()}.values():
+            arrays[id(blob.data)] = arrays.get(id(blob.data), 0) + 1
+        aliased: set[int] = set()
+        for i, layer in enumerate(self.layers):
+            bottoms = self.bottom_vecs[i]
+            if layer.type != "Concat" or len(bottoms) < 2:
+                continue
+            top_written_later = any(j > i for j in writers.get(id(self.top_vecs[i][0]), []))
+            flags = []
+            for b in bottoms:
+                by = writers.get(id(b), [])
+                ok = (not top_written_later and by and all(j < i for j in by)
+                      and all(self.layers[j].writes_top_in_place for j in by)
+                      and sum(x is b for x in bottoms) == 1 and arrays.get(id(b.data)) == 1
+                      and id(b) not in aliased)
+                if ok:
+                    aliased.add(id(b))
+                flags.append(bool(ok))
+            layer.alias_bottoms = tuple(flags)
 
     def _find_fused_relus(self) -> set[int]:
         """Indices of the in-place ReLUs (negative_slope 0) that the layer just before them

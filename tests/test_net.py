@@ -364,3 +364,114 @@ def test_row_blocks_keep_the_quantized_trimming_and_the_fused_relu(monkeypatch):
         assert blocked.layers[1].rectified_top
         np.testing.assert_array_equal(blocked.blobs["y"].data, whole.blobs["y"].data)
         np.testing.assert_array_equal(blocked.blobs["x"].data, whole.blobs["x"].data)
+
+
+FIRE = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "in2" type: "Input" top: "z" input_param { shape { dim: 3 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "sq" type: "Convolution" bottom: "x" top: "s" convolution_param { num_output: 3 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "sq_relu" type: "ReLU" bottom: "s" top: "s" }
+layer { name: "e1" type: "Convolution" bottom: "s" top: "a" convolution_param { num_output: 5 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: -0.1 } } }
+layer { name: "e1_relu" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "e3" type: "Convolution" bottom: "s" top: "b" convolution_param { num_output: 4 kernel_size: 3
+        pad: 1 weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.2 } } }
+layer { name: "e3_relu" type: "ReLU" bottom: "b" top: "b" }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" bottom: "z" top: "c" }
+layer { name: "after" type: "Convolution" bottom: "c" top: "y" convolution_param { num_output: 2 kernel_size: 3
+        weight_filler { type: "gaussian" std: 0.5 } } }
+"""
+
+
+def _fire_pair(text, phase=TEST):
+    aliased, copied = build(text, phase, seed=3), build(text, phase, seed=3)
+    for layer in copied.layers:
+        if layer.type == "Concat":
+            layer.alias_bottoms = ()
+    rng = np.random.default_rng(11)
+    return aliased, copied, rng
+
+
+@pytest.mark.parametrize("phase", [TEST, TRAIN])
+def test_concat_bottoms_become_views_of_its_top_with_the_same_values(phase):
+    """A fire module: the expand layers (convolution + in-place ReLU) write straight into
+    their slots of the Concat's top from the second pass on; every blob and gradient equals
+    the copying net's, pass after pass, also after the input shape changes."""
+    text = FIRE + ('force_backward: true\n' if phase == TRAIN else "")
+    aliased, copied, rng = _fire_pair(text, phase)
+    cat = aliased.layers[aliased.layer_names.index("cat")]
+    assert cat.alias_bottoms == (True, True, False)        # "z" is an input: no producer
+    for n in (3, 3, 2, 2):
+        x, z = rng.standard_normal((n, 4, 6, 6)), rng.standard_normal((n, 2, 6, 6))
+        dy = rng.standard_normal((n, 2, 4, 4))
+        for net in (aliased, copied):
+            net.blobs["x"].reshape(x.shape)
+            net.blobs["z"].reshape(z.shape)
+            net.blobs["x"].data[...] = x
+            net.blobs["z"].data[...] = z
+            net.forward()
+            net.blobs["y"].diff[...] = dy
+            net.backward()
+        for name in copied.blobs:
+            np.testing.assert_array_equal(aliased.blobs[name].data, copied.blobs[name].data)
+            if copied.blobs[name].has_diff:
+                np.testing.assert_array_equal(aliased.blobs[name].diff, copied.blobs[name].diff)
+        top = aliased.blobs["c"].data
+        assert np.shares_memory(aliased.blobs["a"].data, top) and np.shares_memory(aliased.blobs["b"].data, top)
+        assert not np.shares_memory(aliased.blobs["z"].data, top)
+        assert not np.shares_memory(aliased.blobs["a"].diff, aliased.blobs["c"].diff)
+
+
+def test_concat_skips_the_copies_of_bottoms_that_are_its_slots(monkeypatch):
+    aliased, _, rng = _fire_pair(FIRE)
+    aliased.blobs["x"].data[...] = rng.standard_normal((3, 4, 6, 6))
+    aliased.forward()                       # first pass: copies, then hands out the views
+    copied = []
+    real = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: (copied.append(src.shape), real(dst, src, **kw))[1])
+    aliased.forward()
+    assert copied.count((3, 2, 6, 6)) == 1 and (3, 5, 6, 6) not in copied and (3, 4, 6, 6) not in copied
+
+
+def test_concat_keeps_copying_when_its_top_is_rewritten_after_it():
+    """A top that a later in-place layer rewrites keeps its bottoms apart: Caffe's Concat
+    copied the values they had, and the later layer must not change them. (A bottom read
+    after the Concat goes through a Split, which keeps it apart too.)"""
+    later = 'layer { name: "late" type: "ReLU" bottom: "c" top: "c" }'
+    text = FIRE.replace('layer { name: "after"', later + '\nlayer { name: "after"')
+    aliased, copied, rng = _fire_pair(text)
+    cat = aliased.layers[aliased.layer_names.index("cat")]
+    assert cat.alias_bottoms == (False, False, False)
+    for _ in range(2):
+        x = rng.standard_normal((3, 4, 6, 6)) * 3
+        for net in (aliased, copied):
+            net.blobs["x"].data[...] = x
+            net.forward()
+        for name in copied.blobs:
+            np.testing.assert_array_equal(aliased.blobs[name].data, copied.blobs[name].data)
+
+
+def test_concat_of_a_split_blob_or_of_the_same_blob_twice_copies():
+    text = FIRE.replace('bottom: "a" bottom: "b" bottom: "z"', 'bottom: "a" bottom: "a" bottom: "b"').replace(
+        'layer { name: "after"', 'layer { name: "other" type: "ReLU" bottom: "b" top: "b2" }\nlayer { name: "after"')
+    net = build(text)
+    cat = net.layers[net.layer_names.index("cat")]
+    assert cat.alias_bottoms == (False, False, False)     # "a" twice; "b" goes through a Split
+
+
+def test_concat_keeps_copying_in_a_net_that_trims_its_inputs():
+    """Ristretto's layers trim their bottoms in place (TEST): through the Concat's top they
+    would reach its bottoms if those were views of it, which Caffe's copies never see."""
+    qp = 'quantization_param { bw_layer_in: 4 fl_layer_in: 1 bw_layer_out: 8 fl_layer_out: 2 bw_params: 8 fl_params: 5 }'
+    text = FIRE.replace('name: "after" type: "Convolution"', 'name: "after" type: "ConvolutionRistretto"').replace(
+        'kernel_size: 3\n        weight_filler { type: "gaussian" std: 0.5 } } }',
+        'kernel_size: 3\n        weight_filler { type: "gaussian" std: 0.5 } } ' + qp + ' }')
+    net = build(text)
+    assert net.layers[-1].type == "ConvolutionRistretto"
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        net.blobs["x"].data[...] = rng.standard_normal((3, 4, 6, 6))
+        net.forward()
+    assert not np.shares_memory(net.blobs["a"].data, net.blobs["c"].data)
+    assert not np.array_equal(net.blobs["a"].data, net.blobs["c"].data[:, :5])  # c was trimmed, a not

@@ -55,6 +55,14 @@ class Layer:
     #: so a layer may keep what it derived from them instead of re-checking every pass.
     frozen_params: object | None = None
 
+    #: True where ``forward_cpu`` writes its tops' values into the arrays the tops hold,
+    #: whatever their strides, and never rebinds them: a Concat may then let such a top be a
+    #: view of its own top, so that its values land there directly (see ``Net``).
+    writes_top_in_place: ClassVar[bool] = False
+    #: True where ``forward_cpu`` may change its bottoms' values (Ristretto's layers trim their
+    #: inputs in place in TEST): a net with such a layer keeps every Concat's bottoms apart.
+    writes_bottoms: ClassVar[bool] = False
+
     #: True where ``forward_cpu`` can rectify its single top while computing it: asked to by
     #: the net's ``rectify_top`` for a pass (see ``Net``'s ReLU fusion), it sets
     #: ``rectified_top`` once it did, else the net runs the ReLU itself.

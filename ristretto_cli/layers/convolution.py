@@ -112,11 +112,18 @@ def _matmul_cols(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, posi
 
 
 def _writable(blob, what: str, shape) -> np.ndarray:
-    """The blob's data or diff as a ``shape`` view that writes through (made C-contiguous)."""
+    """The blob's data or diff as a ``shape`` view that writes through: the array itself where
+    it has such a view (a Concat's slice has one), else a C-contiguous copy that replaces it."""
     arr = getattr(blob, what)
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-        setattr(blob, what, arr)
+    if arr.flags.writeable:
+        view = arr.view()
+        try:
+            view.shape = shape
+            return view
+        except AttributeError:      # no view of that shape without a copy
+            pass
+    arr = np.ascontiguousarray(arr)
+    setattr(blob, what, arr)
     return arr.reshape(shape)
 
 
@@ -193,6 +200,7 @@ class BaseConvolutionLayer(Layer):
     min_tops = 1
     equal_bottom_top = True
     inplace_allowed = False
+    writes_top_in_place = True
     #: True for Deconvolution: the layer's bottom is the convolution's output side.
     reverse = False
 

@@ -173,6 +173,12 @@ def _legacy_or_axis(layer: Layer, param, legacy: str, ndim: int) -> int:
     return layer_axis(layer, param.axis, ndim, f"{layer.type.lower()} axis")
 
 
+def _is_view(a: np.ndarray, view: np.ndarray) -> bool:
+    """Whether ``a`` is exactly the array ``view`` (same memory, shape and strides)."""
+    return (a.__array_interface__["data"][0] == view.__array_interface__["data"][0]
+            and a.shape == view.shape and a.strides == view.strides and a.dtype == view.dtype)
+
+
 def _min_rows(a: np.ndarray) -> int:
     """Rows (items of the first axis) worth a thread of their own: about 1 MB of ``a``."""
     return max(1, (1 << 20) // max(1, a.nbytes // max(1, a.shape[0])))
@@ -217,13 +223,44 @@ class ConcatLayer(Layer):
         if not (y.flags.writeable and y.flags.c_contiguous):
             top[0].data = np.concatenate([b.data for b in bottom], axis=axis)
             return
-        xs = [b.data for b in bottom]
-        if axis == 0:
-            np.concatenate(xs, axis=0, out=y)
-            return
-        # Items before the axis are independent: shared among the threads.
-        parallel.for_ranges(y.shape[0], lambda i0, i1: np.concatenate(
-            [x[i0:i1] for x in xs], axis=axis, out=y[i0:i1]), min_items=_min_rows(y))
+        slots = self._slots(bottom, y)
+        # A bottom that is already its slot of the top (see alias_bottoms) holds its values.
+        todo = [(b.data, slot) for b, slot, alias in zip(bottom, slots, self._aliases(bottom))
+                if not (alias and _is_view(b.data, slot))]
+        if axis == 0 or len(todo) < len(bottom):
+            def copy(i0: int, i1: int) -> None:
+                for x, slot in todo:
+                    np.copyto(slot[i0:i1], x[i0:i1])
+        else:
+            xs = [b.data for b in bottom]
+
+            def copy(i0: int, i1: int) -> None:
+                np.concatenate([x[i0:i1] for x in xs], axis=axis, out=y[i0:i1])
+        if todo and axis == 0:
+            copy(0, y.shape[0])
+        elif todo:
+            # Items before the axis are independent: shared among the threads.
+            parallel.for_ranges(y.shape[0], copy, min_items=_min_rows(y))
+        for b, slot, alias in zip(bottom, slots, self._aliases(bottom)):
+            if alias and not _is_view(b.data, slot):
+                b.data = slot       # its producer writes there from the next pass on
+
+    #: Per bottom, whether it may become a view of its slot of the top (set by the Net where
+    #: only layers that write their tops in place write it, all before this one, and nothing
+    #: after this one writes it or the top; see ``Layer.writes_top_in_place``).
+    alias_bottoms: tuple[bool, ...] = ()
+
+    def _aliases(self, bottom) -> tuple[bool, ...]:
+        return self.alias_bottoms if len(self.alias_bottoms) == len(bottom) else (False,) * len(bottom)
+
+    def _slots(self, bottom, y: np.ndarray) -> list[np.ndarray]:
+        """Each bottom's part of the top ``y``, as a view."""
+        lead, start, slots = (slice(None),) * self._axis, 0, []
+        for b in bottom:
+            end = start + b.shape[self._axis]
+            slots.append(y[lead + (slice(start, end),)])
+            start = end
+        return slots
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff

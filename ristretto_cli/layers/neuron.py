@@ -114,6 +114,7 @@ def rectify(x: np.ndarray, y: np.ndarray) -> None:
 @register("ReLU")
 class ReLULayer(NeuronLayer):
     """y = max(x, 0) + negative_slope * min(x, 0)."""
+    writes_top_in_place = True
 
     def forward_cpu(self, bottom, top):
         x, y = bottom[0].data, top[0].data

@@ -333,6 +333,7 @@ class _Plan:
 
 class _RistrettoMixin:
     """Quantization for the convolution and inner-product layers (set up after the base)."""
+    writes_bottoms = True       # TEST trims the bottoms in place
 
     def layer_setup(self, bottom, top):
         super().layer_setup(bottom, top)
