@@ -132,6 +132,25 @@ def test_concat_three_bottoms_backward_pieces():
     assert not np.shares_memory(bb[2].diff, t[0].diff)
 
 
+def test_concat_backward_reuses_the_gradient_arrays_it_made():
+    """Fresh memory costs page faults on every pass: the bottoms' gradient arrays are the ones
+    made on the first backward, rewritten; one that the bottom no longer holds is replaced."""
+    a, b = rand(2, 2, 3), rand(2, 3, 3)
+    layer, bb, t = setup('type: "Concat"', [a, b])
+    layer.forward(bb, t)
+    arrays = []
+    for step in range(3):
+        t[0].diff = rand(*t[0].shape) + step
+        if step == 2:
+            bb[1].diff = np.zeros(bb[1].shape)      # someone else's array now: not reused
+        layer.backward(t, [True, True], bb)
+        np.testing.assert_array_equal(bb[0].diff, t[0].diff[:, :2])
+        np.testing.assert_array_equal(bb[1].diff, t[0].diff[:, 2:])
+        arrays.append((bb[0].diff, bb[1].diff))
+    assert arrays[1][0] is arrays[0][0] and arrays[1][1] is arrays[0][1]
+    assert arrays[2][0] is arrays[0][0] and arrays[2][1] is not arrays[0][1]
+
+
 def test_concat_single_bottom_shares_data_and_diff():
     x = rand(2, 3)
     layer, b, t = setup('type: "Concat"', [x])

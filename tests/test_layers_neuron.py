@@ -215,6 +215,31 @@ def test_relu_gradient(slope, in_place):
                    kink=0.0, kink_range=0.01, in_place=in_place)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_in_place_on_a_slot_of_a_larger_array(threads, monkeypatch):
+    """A ReLU on a Concat's slot of its top (rows contiguous, the whole not): block by block
+    of rows, on one or two threads, the values and gradient of the plain formula; the rest of
+    the larger array untouched."""
+    from ristretto_cli import parallel
+    from ristretto_cli.layers import neuron
+    monkeypatch.setattr(neuron, "BLOCK_ELEMENTS", 7)
+    monkeypatch.setattr(neuron, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(parallel, "_threads", threads)
+    rng = np.random.default_rng(4)
+    whole = rng.standard_normal((5, 7, 3, 4)).astype(F32)
+    before = whole.copy()
+    layer, bottoms, tops = setup('type: "ReLU"', [whole[:, 2:5].copy()], in_place=True)
+    bottoms[0].data = whole[:, 2:5]
+    assert not bottoms[0].data.flags.c_contiguous
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(whole[:, 2:5], np.maximum(before[:, 2:5], 0))
+    np.testing.assert_array_equal(np.delete(whole, range(2, 5), axis=1), np.delete(before, range(2, 5), axis=1))
+    dy = rng.standard_normal((5, 3, 3, 4)).astype(F32)
+    tops[0].diff = dy.copy()
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, dy * (before[:, 2:5] > 0))
+
+
 # --------------------------------------------------------------------------- PReLU
 def test_prelu_default_filler_and_shapes():
     layer, _, _, y, _ = run('type: "PReLU"', gauss())

@@ -272,10 +272,18 @@ class ConcatLayer(Layer):
         stops = np.cumsum([b.shape[axis] for b in bottom])[:-1]
         pieces = np.split(dy, stops, axis=axis)
         targets = []
-        for b, down, piece in zip(bottom, propagate_down, pieces):
+        mine = getattr(self, "_diffs", {})
+        for i, (b, down, piece) in enumerate(zip(bottom, propagate_down, pieces)):
             if down:
-                b.diff = np.empty(piece.shape, piece.dtype)   # never an alias of another blob's
-                targets.append((piece, b.diff))
+                # A gradient array of its own, never an alias of another blob's: the one made
+                # here last time while the bottom still holds it (fresh memory costs page
+                # faults on every pass), else a new one.
+                dx = mine.get(i)
+                if dx is None or not b.has_diff or b.diff is not dx or dx.dtype != piece.dtype:
+                    dx = b.diff = np.empty(piece.shape, piece.dtype)
+                mine[i] = dx
+                targets.append((piece, dx))
+        self._diffs = mine
         if not targets:
             return
         if axis == 0:

@@ -100,6 +100,32 @@ def _flat_blocks(n: int, work) -> None:
     parallel.for_blocks(n, BLOCK_ELEMENTS, work, min_blocks=max(1, PARALLEL_MIN_ELEMENTS // BLOCK_ELEMENTS))
 
 
+def _each_block(arrays, work) -> bool:
+    """``work(*blocks)`` over matching cache-sized blocks of same-shaped arrays, shared among
+    the threads: runs of the flat arrays where all are contiguous, else runs of whole rows of
+    the first axis where every row is contiguous (a Concat's slot of its top). False, doing
+    nothing, where neither holds."""
+    if all(a.flags.c_contiguous for a in arrays):
+        flats = [a.reshape(-1) for a in arrays]
+        _flat_blocks(flats[0].size, lambda i0, i1: work(*(f[i0:i1] for f in flats)))
+        return True
+    rows = []
+    for a in arrays:
+        v = a.view()
+        try:
+            v.shape = (a.shape[0] if a.ndim else 1, -1)
+        except AttributeError:      # rows that are not contiguous
+            return False
+        if v.strides[-1] != v.itemsize:
+            return False
+        rows.append(v)
+    n, length = rows[0].shape
+    step = max(1, BLOCK_ELEMENTS // max(1, length))
+    parallel.for_blocks(n, step, lambda r0, r1: work(*(r[r0:r1] for r in rows)),
+                        min_blocks=max(1, PARALLEL_MIN_ELEMENTS // max(1, step * length)))
+    return True
+
+
 def rectify(x: np.ndarray, y: np.ndarray) -> None:
     """``y = max(x, 0)``, where Caffe still adds 0 * min(x, 0): NaN for x = -inf (found
     cheaply first). ``y`` may be ``x``."""
@@ -121,10 +147,7 @@ class ReLULayer(NeuronLayer):
         dt = x.dtype.type
         ns = dt(self.param.relu_param.negative_slope)
         if ns == 0:
-            if x.flags.c_contiguous and y.flags.c_contiguous:
-                xf, yf = x.reshape(-1), y.reshape(-1)
-                _flat_blocks(xf.size, lambda i0, i1: rectify(xf[i0:i1], yf[i0:i1]))
-            else:
+            if not _each_block((x, y), rectify):
                 rectify(x, y)
             return
         neg = np.minimum(x, 0)
@@ -141,15 +164,11 @@ class ReLULayer(NeuronLayer):
         dx = self.bottom_grad(top, bottom)
         ns = x.dtype.type(self.param.relu_param.negative_slope)
         if ns == 0:
-            if x.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
-                xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)
-
-                def gate(i0: int, i1: int) -> None:
-                    mask = scratch("relu_mask", (i1 - i0,), np.bool_)
-                    np.greater(xf[i0:i1], 0, out=mask)
-                    np.multiply(dyf[i0:i1], mask, out=dxf[i0:i1])
-                _flat_blocks(xf.size, gate)
-            else:
+            def gate(xb: np.ndarray, dyb: np.ndarray, dxb: np.ndarray) -> None:
+                mask = scratch("relu_mask", xb.shape, np.bool_)
+                np.greater(xb, 0, out=mask)
+                np.multiply(dyb, mask, out=dxb)
+            if not _each_block((x, dy, dx), gate):
                 np.multiply(dy, x > 0, out=dx)
             return
         # (x > 0) + ns * (x <= 0): NaN inputs get 0, as in Caffe.
