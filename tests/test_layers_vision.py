@@ -252,6 +252,29 @@ def test_conv_row_blocks_match_direct_loops(monkeypatch):
             assert blocks and all(r1 == r0 + 1 for r0, r1 in blocks), case
 
 
+def _chunks_on_threads(monkeypatch, elements: int, threads: int) -> None:
+    """Convolution chunks within ``elements`` of column buffer (1: one item each, down to one
+    column per GEMM), shared among ``threads``."""
+    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", elements)
+    monkeypatch.setattr(convolution, "MIN_GEMM_COLUMNS", 1)
+    monkeypatch.setattr(parallel, "_threads", threads)
+
+
+def _recorded(monkeypatch, owner, name: str, pick) -> list:
+    """Replaces ``owner.name`` by a wrapper that records ``pick(*args, **kw)`` of every call
+    where that is not None."""
+    seen = []
+    real = getattr(owner, name)
+
+    def wrapper(*a, **kw):
+        value = pick(*a, **kw)
+        if value is not None:
+            seen.append(value)
+        return real(*a, **kw)
+    monkeypatch.setattr(owner, name, wrapper)
+    return seen
+
+
 PANEL_CASES = [
     # case (as CONV_CASES), multiply-adds per panel -> panel width
     (((2, 3, 5, 7), 4, (2,), (), (1,), (), 1), 4 * 12 * 8, 8),           # 6 x 8 outputs per item
@@ -268,15 +291,10 @@ def test_conv_panels_match_direct_loops(case, madds, width, threads, monkeypatch
     are already shared out: one thread, or one per batch chunk; here chunks of one item):
     forward against the direct loops, backward (the column gradient in panels, too) against
     finite differences."""
-    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
-    monkeypatch.setattr(convolution, "MIN_GEMM_COLUMNS", 1)
+    _chunks_on_threads(monkeypatch, 1, threads)
     monkeypatch.setattr(convolution, "PANEL_MADDS", madds)
     monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", 2)
-    monkeypatch.setattr(parallel, "_threads", threads)
-    stacked = []
-    real = np.matmul
-    monkeypatch.setattr(convolution.np, "matmul",
-                        lambda a, b, **kw: (b.ndim == 3 and stacked.append(b.shape[-1]), real(a, b, **kw))[1])
+    stacked = _recorded(monkeypatch, convolution.np, "matmul", lambda a, b, **kw: b.shape[-1] if b.ndim == 3 else None)
     _conv_forward_check("Convolution", case)
     assert width in stacked
     stacked.clear()
@@ -377,12 +395,8 @@ def test_conv_backward_by_shifted_rows(case, threads, chunk, monkeypatch):
     paths (float64) and pass finite differences, in one chunk and in chunks of one item on
     three threads."""
     monkeypatch.setattr(row_shift, "MIN_ROW_DEPTH", 1)
-    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", chunk)
-    monkeypatch.setattr(convolution, "MIN_GEMM_COLUMNS", 1)
-    monkeypatch.setattr(parallel, "_threads", threads)
-    calls = []
-    real = row_shift.row_product
-    monkeypatch.setattr(row_shift, "row_product", lambda *a: (calls.append(a[2]), real(*a))[1])
+    _chunks_on_threads(monkeypatch, chunk, threads)
+    calls = _recorded(monkeypatch, row_shift, "row_product", lambda *a: a[2])
     shape, o, kernel, stride = case[:4]
     spec = conv_spec("Convolution", *case[1:])
     x, dy = rng(9).standard_normal(shape), None
@@ -405,9 +419,7 @@ def test_conv_backward_by_shifted_rows(case, threads, chunk, monkeypatch):
 def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
     """A 32 -> 32 5x5 layer (its backward by shifted rows, in panels): the same bits on one
     and on four threads, however the batch is chunked."""
-    panels = []
-    real = row_shift.row_product
-    monkeypatch.setattr(row_shift, "row_product", lambda *a: (panels.append(a[5] if a[6] else None), real(*a))[1])
+    panels = _recorded(monkeypatch, row_shift, "row_product", lambda *a: a[5] if a[6] else 0)
     x = rng(3).standard_normal((8, 32, 8, 8)).astype(np.float32)
     dy = rng(4).standard_normal((8, 32, 8, 8)).astype(np.float32)
     spec = conv_spec("Convolution", 32, (5,), (), (2,), (), 1)
