@@ -52,8 +52,9 @@ BLOCK_MIN_COLUMNS = 512
 #: which do not pack their operands. A product with few rows and a short depth over many
 #: columns (a first layer: 32 x 75 weights) spends more on packing than on multiplying, so
 #: it goes in panels of that size: 1.3-1.6x faster for CIFAR-10's first layer. Those
-#: kernels' bits depend on where a panel starts, so panels sit at fixed offsets inside each
-#: batch item, whatever the chunking; none are narrower than PANEL_MIN_COLUMNS.
+#: kernels' bits can depend on where a panel starts and how wide it is (PANEL_MAX_DEPTH says
+#: when they do not), so these panels sit at fixed offsets inside each batch item, whatever
+#: the chunking; none are narrower than PANEL_MIN_COLUMNS.
 PANEL_MADDS = 1_000_000
 PANEL_MIN_COLUMNS = 256
 #: Up to this depth, with two rows or more and panels of whole multiples of 16 columns, the
@@ -508,6 +509,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 frows = row_shift.row_weights(wf.reshape((c, og) + self.kernel), g_)
                 frgeo = row_shift.row_geometry(fgeo)
                 fdepth = frows.shape[3]
+                panel = shallow_panel(cg, fdepth)
                 least = PANEL_MADDS // max(1, cg * fdepth * geo.image_size) + 1
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
@@ -524,7 +526,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
             bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
             if frows is not None:
                 rows = row_shift.row_buffer(dyc.reshape((n, o) + geo.cols), frgeo, "col")
-                panel = shallow_panel(cg, fdepth)
                 count = _whole_panels(cg, fdepth, n * geo.image_size, panel) if panel else 0
                 xt = _cols(xc, True, "cols_in") if dwg is not None else None
                 res = scratch("gemm", (c, n * geo.image_size), x.dtype)

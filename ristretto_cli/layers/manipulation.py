@@ -196,6 +196,7 @@ class ConcatLayer(Layer):
             raise self.error("either axis or concat_dim should be specified; not both")
         if len(bottom) > 1 and top[0] is bottom[0]:
             raise self.error("Concat layer with several bottoms cannot run in place")
+        self._diffs: dict[int, np.ndarray] = {}   # per bottom, the gradient array made for it
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -272,7 +273,7 @@ class ConcatLayer(Layer):
         stops = np.cumsum([b.shape[axis] for b in bottom])[:-1]
         pieces = np.split(dy, stops, axis=axis)
         targets = []
-        mine = getattr(self, "_diffs", {})
+        mine = self._diffs
         for i, (b, down, piece) in enumerate(zip(bottom, propagate_down, pieces)):
             if down:
                 # A gradient array of its own, never an alias of another blob's: the one made
@@ -283,7 +284,6 @@ class ConcatLayer(Layer):
                     dx = b.diff = np.empty(piece.shape, piece.dtype)
                 mine[i] = dx
                 targets.append((piece, dx))
-        self._diffs = mine
         if not targets:
             return
         if axis == 0:

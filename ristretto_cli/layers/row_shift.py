@@ -45,11 +45,8 @@ def row_geometry(geo: ConvGeometry) -> ConvGeometry | None:
 
 def applies(geo: ConvGeometry, channels_per_group: int) -> bool:
     """Whether a layer of this geometry convolves by shifted rows."""
-    rest = 1
-    for k in geo.kernel[1:]:
-        rest *= k
     return (row_geometry(geo) is not None and geo.kernel[0] >= MIN_KERNEL_ROWS
-            and channels_per_group * rest >= MIN_ROW_DEPTH)
+            and channels_per_group * (geo.kernel_size // geo.kernel[0]) >= MIN_ROW_DEPTH)
 
 
 def row_weights(w: np.ndarray, groups: int) -> np.ndarray:
@@ -67,10 +64,10 @@ def row_buffer(x: np.ndarray, rgeo: ConvGeometry, out_slot: str = "row_col") -> 
     return im2col(x, rgeo, True, out=scratch(out_slot, (c * rgeo.kernel_size, n * rgeo.col_size), x.dtype))
 
 
-def shifted(rows: np.ndarray, geo: ConvGeometry, n: int, k0: int | None = None) -> np.ndarray:
+def shifted(rows: np.ndarray, geo: ConvGeometry, n: int) -> np.ndarray:
     """``(kernel rows, depth, positions * n)``: the read-only views of ``rows`` (a group's rows
     of ``row_buffer``) that each kernel row multiplies, output rows shifted by the row."""
-    k0 = geo.kernel[0] if k0 is None else k0
+    k0 = geo.kernel[0]
     run = (geo.col_size // geo.cols[0]) * n            # columns per row of positions
     step = geo.dilation[0] * run * rows.itemsize
     return as_strided(rows, shape=(k0, rows.shape[0], geo.cols[0] * run),
@@ -87,7 +84,7 @@ def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out
     k0, og, depth = wr.shape
     width = out.shape[1]
     parts = scratch("row_parts", (k0, og, width), out.dtype)
-    views = shifted(rows, geo, n, k0)
+    views = shifted(rows, geo, n)
     if panel and count:
         item = rows.itemsize
         panels = as_strided(rows, shape=(k0, count, depth, panel),
