@@ -698,11 +698,12 @@ def test_pooling_matches_caffe_loops_bit_for_bit(pool, case):
 @pytest.mark.parametrize("case", POOL_CASES,
                          ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
 def test_pooling_plane_by_plane_on_several_threads_matches_caffe_loops(pool, case, monkeypatch):
-    """Blocks of one plane each, shared among three threads: every block's phases and
-    results live in its own thread's work arrays, at the block's own offsets."""
+    """Blocks of one plane each, shared among three threads: every block's phases, routing
+    targets and results live in its own thread's work arrays, at the block's own offsets."""
     x = rng(20).standard_normal((3, 3) + case[0][2:]).astype(np.float32)
     x[1, 2, 0, :2] = x[1, 2, 1, 1]                     # ties
     monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(pooling, "ROUTE_BLOCK_BYTES", 1)
     monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
     monkeypatch.setattr(parallel, "_threads", 3)
     _pool_against_caffe_loops(pool, case, x, 21)

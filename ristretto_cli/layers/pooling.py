@@ -218,6 +218,8 @@ PHASE_BLOCK_BYTES = 1 << 21
 #: Global average pooling transposes blocks of planes of about this size (in L2; smaller
 #: blocks make the per-row reduction calls too short).
 GLOBAL_BLOCK_BYTES = 1 << 18
+#: Max pooling's gradient is routed in blocks of planes of about this many input bytes.
+ROUTE_BLOCK_BYTES = 1 << 21
 #: Inputs smaller than this are pooled by one thread: splitting would cost more than it saves.
 PARALLEL_MIN_BYTES = 1 << 19
 
@@ -329,58 +331,72 @@ def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray | None 
     if not dy.size:
         out.fill(0)
         return out
-    return _scatter(g, None, geo, out)
+    return _spread(g, geo, out)
 
 
 def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
                    out: np.ndarray | None = None) -> np.ndarray:
-    """Each output's gradient added to the cell its 1-based offset index names (0: nowhere).
-    ``k1`` is ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid."""
+    """Each output's gradient added to the cell its 1-based offset index names (0: nowhere),
+    outputs in row-major order per plane: Caffe's loop, hence its summation order. ``k1`` is
+    ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid."""
     if out is None:
         out = np.empty(_lead(dy) + geo.size, dy.dtype)
     if not dy.size:
         out.fill(0)
         return out
-    return _scatter(dy, k1, geo, out)
+    m, (h, w) = geo.planes(dy, pooled=True), geo.size
+    o3 = _planes_view(out, m, geo.size)
+    if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
+        np.copyto(out, route_backward(dy, k1, geo))
+        return out
+    dy3 = dy.reshape((m,) + geo.pooled)
+    k3 = geo.off_grid(k1, (m,)) if k1.ndim == 1 else k1.reshape((m,) + geo.pooled)
+    # Each 1-based offset's flat shift inside a window, and each window's origin, per plane
+    # of a block: an output's target cell is the sum of the two.
+    shifts = np.zeros(geo.kernel[0] * geo.kernel[1] + 1, np.intp)
+    shifts[1:] = (np.arange(geo.kernel[0])[:, None] * w + np.arange(geo.kernel[1])).reshape(-1)
+    origins = ((np.arange(geo.pooled[0]) * geo.stride[0] - geo.pad[0])[:, None] * w
+               + (np.arange(geo.pooled[1]) * geo.stride[1] - geo.pad[1]))
+    step = max(1, ROUTE_BLOCK_BYTES // (h * w * dy.itemsize))
+    bases = (np.arange(min(step, m)) * (h * w))[:, None, None] + origins
+
+    def work(b0: int, b1: int) -> None:
+        ob, kb, d = o3[b0:b1].reshape(-1), k3[b0:b1], dy3[b0:b1]
+        ob.fill(0)
+        target = scratch("pool_target", kb.shape, np.intp)
+        np.take(shifts, kb, out=target, mode="clip")
+        target += bases[:b1 - b0]
+        if not kb.all():    # outputs with no winner add 0 to their plane's first cell
+            none = kb == 0
+            d = np.where(none, 0, d)
+            target[none] = np.nonzero(none)[0] * (h * w)
+        np.add.at(ob, target.reshape(-1), d.reshape(-1))
+    parallel.for_blocks(m, step, work,
+                        min_blocks=1 if m * h * w * dy.itemsize >= PARALLEL_MIN_BYTES else m)
+    return out
 
 
-def _scatter(dy: np.ndarray, k1: np.ndarray | None, geo: PoolGeometry, out: np.ndarray) -> np.ndarray:
-    """Adds every output's gradient to the input cells of its window (AVE: ``k1`` None) or to
-    the cell its winner index names, in Caffe's order (reversed offsets, see ``offsets``)."""
+def _spread(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray) -> np.ndarray:
+    """Adds every output's gradient to each input cell of its window, in Caffe's order
+    (reversed offsets, see ``offsets``)."""
     m, size, fl = geo.planes(dy, pooled=True), geo.grid_size, geo.flat_length()
     hq, wq = geo.grid
     dy3 = dy.reshape((m,) + geo.pooled)
-    k3 = None if k1 is None or k1.ndim == 1 else k1.reshape((m,) + geo.pooled)
     o3 = _planes_view(out, m, geo.size)
     if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
-        np.copyto(out, _scatter(dy, k1, geo, np.empty(out.shape, out.dtype)))
+        np.copyto(out, _spread(dy, geo, np.empty(out.shape, out.dtype)))
         return out
 
     def work(b0: int, b1: int) -> None:
-        cells = (b1 - b0) * size
-        hi = cells - fl
+        hi = (b1 - b0) * size - fl
         g = scratch("pool_grid", (b1 - b0, hq, wq), dy.dtype)
         geo.put_on_grid(dy3[b0:b1], g)
         gf = g.reshape(-1)
-        if k3 is not None:
-            kg = scratch("pool_k1", (b1 - b0, hq, wq), k1.dtype)
-            geo.put_on_grid(k3[b0:b1], kg)
-            kf = kg.reshape(-1)
-        elif k1 is not None:
-            kf = k1[b0 * size:b1 * size]
         acc = scratch("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0, hq, wq), dy.dtype)
         acc.fill(0)
         accf = acc.reshape(geo.stride[0], geo.stride[1], -1)
-        if k1 is not None:
-            hit = scratch("pool_hit", (hi,), bool)
-            tmp = scratch("pool_tmp", (hi,), dy.dtype)
-        for o, a, b, shift in geo.flat_offsets(reverse=True):
-            if k1 is None:
-                accf[a, b, shift:hi + shift] += gf[:hi]
-            else:
-                np.equal(kf[:hi], o + 1, out=hit)
-                np.multiply(gf[:hi], hit, out=tmp)
-                accf[a, b, shift:hi + shift] += tmp
+        for _, a, b, shift in geo.flat_offsets(reverse=True):
+            accf[a, b, shift:hi + shift] += gf[:hi]
         geo.drain_phases(acc, o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * dy.itemsize, work)
     return out
