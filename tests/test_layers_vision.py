@@ -709,6 +709,21 @@ def test_pooling_plane_by_plane_on_several_threads_matches_caffe_loops(pool, cas
     _pool_against_caffe_loops(pool, case, x, 21)
 
 
+def test_max_pooling_gradient_into_a_non_contiguous_array():
+    """The routed gradient lands in a strided view (every other column of a wider array)
+    exactly as in a fresh array, and nothing outside the view is touched."""
+    shape, kernel, stride, pad, ceil_mode = POOL_CASES[0]
+    x = rng(22).standard_normal(shape).astype(np.float32)
+    top, arg, backward = caffe_pool(x, "MAX", _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
+    geo = pooling.PoolGeometry(shape[2:], top.shape[2:], _pair(kernel), _pair(stride), _pair(pad))
+    _, k1 = pooling.max_pool_forward(x, geo)
+    dy = rng(23).standard_normal(top.shape).astype(np.float32)
+    wide = np.full(shape[:3] + (2 * shape[3],), 7.0, np.float32)
+    pooling.route_backward(dy, k1, geo, out=wide[..., ::2])
+    np.testing.assert_array_equal(wide[..., ::2], backward(dy))
+    assert (wide[..., 1::2] == 7.0).all()
+
+
 @pytest.mark.parametrize("case", POOL_CASES,
                          ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")
 def test_max_pooling_without_backward_state_gives_the_same_maxima_and_backward(case):

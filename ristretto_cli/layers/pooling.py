@@ -1,7 +1,8 @@
 """Pooling (MAX, AVE, STOCHASTIC) over 4-D blobs, vectorised with one slice per kernel
 offset (``kernel_h * kernel_w`` whole-array operations, no per-pixel loops). MAX and AVE read
 the input split into stride phases, where every offset's slice is contiguous (see
-``PoolGeometry``, "phase layout"), block by block of planes.
+``PoolGeometry``, "phase layout"), block by block of planes. MAX's backward instead sends
+each output's gradient to its winner's cell in one indexed addition (``route_backward``).
 
 Numerics follow Caffe's CPU code: MAX scans each window row-major and replaces only on a
 strictly greater value (ties keep the first element, NaN never wins, padding never wins);
@@ -346,7 +347,7 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
         return out
     m, (h, w) = geo.planes(dy, pooled=True), geo.size
     o3 = _planes_view(out, m, geo.size)
-    if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
+    if o3 is None or not o3.flags.c_contiguous:     # go through a contiguous copy
         np.copyto(out, route_backward(dy, k1, geo))
         return out
     dy3 = dy.reshape((m,) + geo.pooled)
@@ -366,7 +367,9 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
         target = scratch("pool_target", kb.shape, np.intp)
         np.take(shifts, kb, out=target, mode="clip")
         target += bases[:b1 - b0]
-        if not kb.all():    # outputs with no winner add 0 to their plane's first cell
+        if not kb.all():
+            # Outputs with no winner add +0 to their plane's first cell: a no-op, since sums
+            # that start at +0 never hold -0 (and Caffe would write out of bounds).
             none = kb == 0
             d = np.where(none, 0, d)
             target[none] = np.nonzero(none)[0] * (h * w)
