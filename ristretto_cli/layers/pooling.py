@@ -358,7 +358,7 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
     shifts[1:] = (np.arange(geo.kernel[0])[:, None] * w + np.arange(geo.kernel[1])).reshape(-1)
     origins = ((np.arange(geo.pooled[0]) * geo.stride[0] - geo.pad[0])[:, None] * w
                + (np.arange(geo.pooled[1]) * geo.stride[1] - geo.pad[1]))
-    step = max(1, ROUTE_BLOCK_BYTES // (h * w * dy.itemsize))
+    step = max(1, ROUTE_BLOCK_BYTES // max(1, h * w * dy.itemsize))
     bases = (np.arange(min(step, m)) * (h * w))[:, None, None] + origins
 
     def work(b0: int, b1: int) -> None:
