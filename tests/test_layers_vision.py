@@ -416,6 +416,19 @@ def test_conv_backward_by_shifted_rows(case, threads, chunk, monkeypatch):
     check_gradient(spec, [x])
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 6, 9), (3, 8, 17), (2, 6, 3, 4, 5), (1, 3, 2, 2), (20, 9, 16, 16), (4, 1, 5, 5)])
+def test_bias_gradient_sums_on_threads_give_the_bits_of_one_sum(shape, monkeypatch):
+    """Channel ranges summed on three threads: each channel's terms in the order of one
+    ``sum`` over the whole array."""
+    dy = rng(30).standard_normal(shape).astype(np.float32) * np.float32(1e3)
+    want = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)), dtype=np.float32)
+    monkeypatch.setattr(convolution, "PARALLEL_SUM_ELEMENTS", 1)
+    monkeypatch.setattr(parallel, "_threads", 3)
+    got = convolution.channel_sums(dy)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_shifted_rows_bits_do_not_depend_on_the_threads(monkeypatch):
     """A 32 -> 32 5x5 layer (its backward by shifted rows, in panels): the same bits on one
     and on four threads, however the batch is chunked."""

@@ -112,6 +112,26 @@ def _matmul_cols(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, posi
               out=out.reshape(out.shape[0], panels, width).transpose(1, 0, 2))
 
 
+#: Bias gradients over at least this many elements per thread are summed on the threads.
+PARALLEL_SUM_ELEMENTS = 1 << 19
+
+
+def channel_sums(dy: np.ndarray) -> np.ndarray:
+    """``dy`` ``(N, C, ...)`` summed over every axis but the channels: a bias gradient. Big
+    ones go in ranges of channels on the threads, each channel's terms summed as in one
+    ``sum`` over the whole array (the same bits). Ranges keep two channels or more: with
+    one, NumPy drops the channel axis and may merge the batch axis with the others, which
+    sums the same terms in another order."""
+    axes = (0,) + tuple(range(2, dy.ndim))
+    c = dy.shape[1]
+    out = np.empty(c, dy.dtype)
+
+    def share(c0: int, c1: int) -> None:
+        np.sum(dy[:, c0:c1], axis=axes, dtype=dy.dtype, out=out[c0:c1])
+    parallel.for_ranges(c, share, min_items=max(2, -(-PARALLEL_SUM_ELEMENTS * c // max(1, dy.size))))
+    return out
+
+
 def _writable(blob, what: str, shape) -> np.ndarray:
     """The blob's data or diff as a ``shape`` view that writes through: the array itself where
     it has such a view (a Concat's slice has one), else a C-contiguous copy that replaces it."""
@@ -426,8 +446,7 @@ class BaseConvolutionLayer(Layer):
         for i, (bb, tb) in enumerate(zip(bottom, top)):
             dy = tb.diff.reshape((self.num, o) + self.out_spatial)
             if need_b:
-                db = self.blobs[1].diff
-                db += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)), dtype=dy.dtype)
+                self.blobs[1].diff += channel_sums(dy)
             need_x = bool(propagate_down[i])
             if not (need_w or need_x) or self.num == 0:
                 if need_x:
