@@ -224,10 +224,10 @@ class ConcatLayer(Layer):
         if not (y.flags.writeable and y.flags.c_contiguous):
             top[0].data = np.concatenate([b.data for b in bottom], axis=axis)
             return
-        slots = self._slots(bottom, y)
+        slots, aliases = self._slots(bottom, y), self._aliases(bottom)
         # A bottom that is already its slot of the top (see alias_bottoms) holds its values.
-        todo = [(b.data, slot) for b, slot, alias in zip(bottom, slots, self._aliases(bottom))
-                if not (alias and _is_view(b.data, slot))]
+        held = [alias and _is_view(b.data, slot) for b, slot, alias in zip(bottom, slots, aliases)]
+        todo = [(b.data, slot) for b, slot, h in zip(bottom, slots, held) if not h]
         if axis == 0 or len(todo) < len(bottom):
             def copy(i0: int, i1: int) -> None:
                 for x, slot in todo:
@@ -242,8 +242,8 @@ class ConcatLayer(Layer):
         elif todo:
             # Items before the axis are independent: shared among the threads.
             parallel.for_ranges(y.shape[0], copy, min_items=_min_rows(y))
-        for b, slot, alias in zip(bottom, slots, self._aliases(bottom)):
-            if alias and not _is_view(b.data, slot):
+        for b, slot, alias, h in zip(bottom, slots, aliases, held):
+            if alias and not h:
                 b.data = slot       # its producer writes there from the next pass on
 
     #: Per bottom, whether it may become a view of its slot of the top (set by the Net where
