@@ -76,6 +76,27 @@ def test_im2col_into_given_buffer_and_float32():
     np.testing.assert_array_equal(out, naive_im2col(x, geo, False).astype(np.float32))
 
 
+def test_the_padded_work_array_keeps_zero_padding_across_layouts():
+    """im2col zeroes its padded work array only when the layout changes. Two geometries whose
+    padded images have the same shape but different interiors (a 4x4 image padded by 1, a 2x2
+    one padded by 2), alternated, with the scratch memory released in between, each time
+    give the definition's buffer: no value of the other layout leaks into the padding."""
+    release_scratch()
+    a = geometry((4, 4), (3, 3), (1, 1), (1, 1), (1, 1))
+    b = geometry((2, 2), (3, 3), (1, 1), (2, 2), (1, 1))
+    rng = np.random.default_rng(4)
+    for step, geo in enumerate([a, a, b, a, b, b, a]):
+        if step == 5:
+            release_scratch()
+            garbage = scratch("im2col_pad", (4, 4096), np.float32)
+            garbage.fill(np.nan)            # a fresh buffer may hold anything
+            release_scratch()
+        for batch_inner in (False, True):
+            x = rng.standard_normal((2, 3) + geo.image).astype(np.float32)
+            np.testing.assert_array_equal(im2col(x, geo, batch_inner),
+                                          naive_im2col(x, geo, batch_inner).astype(np.float32))
+
+
 def test_conv_out_size_truncates_toward_zero():
     assert conv_out_size(2, 3, 2, 0, 1) == 1     # (2 - 3) / 2 is 0 in C, -1 in Python
     assert conv_out_size(1, 4, 2, 0, 1) == 0     # (1 - 4) / 2 = -1

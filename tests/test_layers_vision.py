@@ -722,6 +722,31 @@ def test_pooling_plane_by_plane_on_several_threads_matches_caffe_loops(pool, cas
     _pool_against_caffe_loops(pool, case, x, 21)
 
 
+def test_pooling_phases_keep_their_padding_only_for_the_same_layout():
+    """The stride phases' cells outside the input are filled when the layout changes, not for
+    every block: MAX (-inf) and AVE (0) pooling of the same geometry, two geometries whose
+    phases have the same shape but other padded cells, and an AVE backward (which uses the
+    same work array for its sums) in between, each time give Caffe's loops' results."""
+    im2col.release_scratch()
+    same_grid = [((2, 3, 7, 7), 3, 2, 0, True), ((2, 3, 5, 5), 3, 2, 1, True)]   # 3x3 results each
+    geos = [pooling.PoolGeometry(s[2:], (3, 3), (k, k), (st, st), (p, p)) for s, k, st, p, _ in same_grid]
+    assert geos[0].grid == geos[1].grid and geos[0].phase_regions() != geos[1].phase_regions()
+    for step, (case, pool) in enumerate([(0, "MAX"), (0, "MAX"), (0, "AVE"), (1, "AVE"), (1, "AVE"),
+                                         (0, "AVE"), (1, "MAX"), (1, "AVE"), (1, "MAX"), (0, "MAX")]):
+        shape, kernel, stride, pad, ceil_mode = same_grid[case]
+        x = rng(30 + step).standard_normal(shape).astype(np.float32)
+        top, _, backward = caffe_pool(x, pool, _pair(kernel), _pair(stride), _pair(pad), ceil_mode)
+        spec = pool_spec(pool, kernel, stride, pad)
+        layer, bottoms, tops = setup(spec, [x])
+        layer.forward(bottoms, tops)
+        np.testing.assert_array_equal(tops[0].data, top)
+        if step == 3:       # the AVE backward's sums fill the same work array
+            dy = rng(40).standard_normal(top.shape).astype(np.float32)
+            tops[0].diff = dy
+            layer.backward(tops, [True], bottoms)
+            np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
+
+
 def test_max_pooling_gradient_into_a_non_contiguous_array():
     """The routed gradient lands in a strided view (every other column of a wider array)
     exactly as in a fresh array, and nothing outside the view is touched."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,8 +175,10 @@ def im2col(x: np.ndarray, geo: ConvGeometry, batch_inner: bool,
     padded = None
     if geo.needs_padding():
         shape = (c,) + geo.padded + (n,) if batch_inner else (c, n) + geo.padded
-        padded = scratch("im2col_pad", shape, x.dtype)
         inner = (slice(None),) + geo.interior() if batch_inner else (slice(None),) * 2 + geo.interior()
+        padded, fresh = scratch_with_layout("im2col_pad", shape, x.dtype, inner)
+        if fresh:
+            padded.fill(0)
         source, xt = xt, padded
     st = xt.strides
     sp = [st[a] for a in sp_axes]
@@ -188,7 +191,6 @@ def im2col(x: np.ndarray, geo: ConvGeometry, batch_inner: bool,
         shape = (c,) + geo.kernel + (n,) + geo.cols
         strides = (st[0],) + win_strides + (st[batch_axis],) + pos_strides
     if padded is not None:
-        padded.fill(0)
         padded[inner] = source
     view = as_strided(xt, shape=shape, strides=strides, writeable=False)
     np.copyto(out.reshape(shape), view)
@@ -329,17 +331,14 @@ def _col2im_phases(col: np.ndarray, geo: ConvGeometry, n: int, c: int, out: np.n
 class _Scratch(threading.local):
     def __init__(self):
         self.buffers: dict[str, np.ndarray] = {}
+        #: Per slot, the array and layout whose constant part it holds (``scratch_with_layout``).
+        self.layouts: dict[str, tuple] = {}
 
 
 _scratch = _Scratch()
 
 
-def scratch(slot: str, shape, dtype) -> np.ndarray:
-    """A reusable work array (contents undefined) for temporaries inside one layer call.
-
-    Big fresh allocations cost page faults on every call; column buffers are therefore kept
-    per thread and slot and reused. Never return a scratch array to a caller or keep it.
-    """
+def _scratch_array(slot: str, shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = _prod(shape) * dtype.itemsize
     buf = _scratch.buffers.get(slot)
@@ -349,6 +348,33 @@ def scratch(slot: str, shape, dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
+def scratch(slot: str, shape, dtype) -> np.ndarray:
+    """A reusable work array (contents undefined) for temporaries inside one layer call.
+
+    Big fresh allocations cost page faults on every call; column buffers are therefore kept
+    per thread and slot and reused. Never return a scratch array to a caller or keep it.
+    """
+    _scratch.layouts.pop(slot, None)        # the caller may write anywhere in it
+    return _scratch_array(slot, shape, dtype)
+
+
+def scratch_with_layout(slot: str, shape, dtype, layout) -> tuple[np.ndarray, bool]:
+    """A work array as ``scratch`` gives, for callers that fill a constant part of it (an
+    image's padding) the same way for a given ``layout`` and write only the rest on every
+    call. Returns the array and whether the constant part must be written now: not when this
+    thread's last request for the slot was for the same array, shape and layout (a plain
+    ``scratch`` request for the slot in between forgets it). Layers call this once per
+    block or batch chunk; the padding is then written once per layer call, not per chunk."""
+    array = _scratch_array(slot, shape, dtype)
+    base = _scratch.buffers[slot]
+    key = (tuple(shape), array.dtype, layout)
+    last = _scratch.layouts.get(slot)
+    fresh = last is None or last[0]() is not base or last[1] != key
+    _scratch.layouts[slot] = (weakref.ref(base), key)
+    return array, fresh
+
+
 def release_scratch() -> None:
     """Free the work arrays of this thread."""
     _scratch.buffers.clear()
+    _scratch.layouts.clear()

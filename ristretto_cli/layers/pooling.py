@@ -28,7 +28,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
-from ristretto_cli.layers.im2col import axis_phases, scratch
+from ristretto_cli.layers.im2col import axis_phases, scratch, scratch_with_layout
 from ristretto_cli.layers.neuron import rectify
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
@@ -135,12 +135,13 @@ class PoolGeometry:
         return (self.stride == (1, 1) and self.grid == self.size and self.pad == (0, 0)
                 and x.flags.c_contiguous)
 
-    def fill_phases(self, x3: np.ndarray, q: np.ndarray, fill: float) -> None:
-        """Phases ``q`` ``(sh, sw, M, hq, wq)`` of the planes ``x3`` ``(M, H, W)``."""
+    def fill_phases(self, x3: np.ndarray, q: np.ndarray, fill: float | None) -> None:
+        """Phases ``q`` ``(sh, sw, M, hq, wq)`` of the planes ``x3`` ``(M, H, W)``; the cells
+        outside the input get ``fill``, or keep what they hold where it is None."""
         hq, wq = self.grid
         for a, b, gr, gc, xr, xc in self.phase_regions():
             dst = q[a, b]
-            if gr.stop - gr.start < hq or gc.stop - gc.start < wq:
+            if fill is not None and (gr.stop - gr.start < hq or gc.stop - gc.start < wq):
                 dst[:, :gr.start] = fill
                 dst[:, gr.stop:] = fill
                 dst[:, gr, :gc.start] = fill
@@ -254,8 +255,10 @@ def _block_phases(x: np.ndarray, geo: PoolGeometry, b0: int, b1: int, fill: floa
     size = geo.grid_size
     if geo.phases_are_input(x):
         return x.reshape(1, 1, -1)[:, :, b0 * size:b1 * size]
-    q = scratch("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0) + geo.grid, x.dtype)
-    geo.fill_phases(x.reshape((-1,) + geo.size)[b0:b1], q, fill)
+    # The cells outside the input are filled when the layout changes, not for every block.
+    q, fresh = scratch_with_layout("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0) + geo.grid,
+                                   x.dtype, (geo, fill))
+    geo.fill_phases(x.reshape((-1,) + geo.size)[b0:b1], q, fill if fresh else None)
     return q.reshape(geo.stride[0], geo.stride[1], -1)
 
 
