@@ -810,6 +810,15 @@ def test_max_pooling_hand_computed_ties_nan_and_empty_windows():
     assert y[0, 0, 0, 2] == 0 and np.signbit(y[0, 0, 0, 2])          # 0 / -1, as in Caffe
 
 
+def test_pooling_signs_of_zero_as_in_caffe():
+    """Caffe's AVE sums start at +0, so windows of -0 average to +0; MAX keeps the -0 that
+    beats the -FLT_MAX start."""
+    x = np.full((1, 2, 5, 5), -0.0, np.float32)
+    for pool, negative in (("AVE", False), ("MAX", True)):
+        y = forward(pool_spec(pool, 3, 2), [x])[0]
+        assert (y == 0).all() and (np.signbit(y) == negative).all()
+
+
 def test_max_pooling_window_of_minus_infinity():
     x = np.full((1, 1, 2, 2), -np.inf, np.float32)
     tops = forward(pool_spec("MAX", 2, 2), [x], num_tops=2)

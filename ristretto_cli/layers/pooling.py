@@ -308,13 +308,18 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         np.copyto(out, ave_pool_forward(x, geo, epilogue=epilogue))
         return out
 
+    offsets = geo.flat_offsets()
+    zero = x.dtype.type(0)
+
     def work(b0: int, b1: int) -> None:
         flat = _block_phases(x, geo, b0, b1, 0)
         cells = (b1 - b0) * size
         acc = scratch("pool_grid", (cells,), x.dtype)
-        acc.fill(0)
-        head = acc[:cells - fl]
-        for _, a, b, shift in geo.flat_offsets():
+        head = acc[:cells - fl]     # the cells past it are past PH/PW: never read
+        # Sums start at +0 as in Caffe (so that -0 + +0 gives +0), with the first offset
+        _, a, b, shift = offsets[0]
+        np.add(flat[a, b, shift:shift + cells - fl], zero, out=head)
+        for _, a, b, shift in offsets[1:]:
             head += flat[a, b, shift:shift + cells - fl]
         with np.errstate(divide="ignore", invalid="ignore"):   # empty CEIL windows, as in Caffe
             np.divide(geo.off_grid(acc, (b1 - b0,)), divisor, out=o3[b0:b1])
@@ -456,26 +461,34 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         np.copyto(out, y)
         return out, k1_grid
 
+    offsets = geo.flat_offsets()
+    floor = x.dtype.type(-FLT_MAX)
+
     def work(b0: int, b1: int) -> None:
         flat = _block_phases(x, geo, b0, b1, -np.inf)
         cells = (b1 - b0) * size
-        hi = cells - fl
+        hi = cells - fl         # the cells past it are past PH/PW: never read
         best = scratch("pool_grid", (cells,), x.dtype)
         bv = best[:hi]
-        bv.fill(-FLT_MAX)
+        _, a, b, shift = offsets[0]
+        first = flat[a, b, shift:shift + hi]
+        # The first offset against the -FLT_MAX start, as the loop below would do it
+        np.fmax(first, floor, out=bv)
         if k1_grid is None:     # the maxima only: one pass per offset instead of four
-            for _, a, b, shift in geo.flat_offsets():
+            for _, a, b, shift in offsets[1:]:
                 np.fmax(flat[a, b, shift:shift + hi], bv, out=bv)
             np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
             if epilogue is not None:
                 epilogue(o3[b0:b1])
             return
         kb = k1_grid[b0 * size:b1 * size]
-        kb.fill(0)
+        kb[hi:] = 0
         kv = kb[:hi]
         gv = scratch("pool_hit", (hi,), bool)
+        np.greater(first, floor, out=gv)
+        np.multiply(gv, kdt(1), out=kv)
         tv = scratch("pool_tmp", (hi,), kdt)
-        for o, a, b, shift in geo.flat_offsets():
+        for o, a, b, shift in offsets[1:]:
             v = flat[a, b, shift:shift + hi]
             np.greater(v, bv, out=gv)
             np.fmax(v, bv, out=bv)      # on ties the first winner stays, as in Caffe
