@@ -10,9 +10,9 @@ Two reports, each against a reference measured in the same run:
   threads do, but not the interpreter lock (GIL): where two threads are slower than two
   processes, the difference is the GIL's hand-overs, which every NumPy call takes part in.
 * **Layers.** Our TRAIN-phase forward+backward pass of each net (the networks and random
-  weights of ``bench_layers.py``), each layer's time inside whole passes (medians) at 1 and
-  at 2 threads, the gain ``1t / 2t`` and the excess ``2t - 1t / 2`` over a perfect split,
-  largest first.
+  weights of ``bench_layers.py``), each layer's time inside whole passes (medians; passes at
+  1 and at 2 threads alternate), the gain ``1t / 2t`` and the excess ``2t - 1t / 2`` over a
+  perfect split, largest first.
 
 A report, not a test; it needs no PyTorch:
 
@@ -95,10 +95,11 @@ def call_costs(name: str) -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------- layers
-def layer_times(net, dy: np.ndarray, passes: int, threads: int) -> tuple[dict[str, float], float]:
-    """Median milliseconds per pass of each layer's forward and backward call inside whole
-    forward+backward passes at ``threads`` threads (``dy``: the output's gradient), and the
-    median pass."""
+def layer_times(net, dy: np.ndarray, passes: int, counts=(1, 2)):
+    """Per thread count: the median milliseconds per pass of each layer's forward and
+    backward call inside whole forward+backward passes (``dy``: the output's gradient), and
+    the median pass. Passes at the thread counts alternate (in turn first), so that the
+    machine's slow and fast spells fall on all of them alike."""
     from threadpoolctl import threadpool_limits
 
     from ristretto_cli import parallel
@@ -116,25 +117,26 @@ def layer_times(net, dy: np.ndarray, passes: int, threads: int) -> tuple[dict[st
                 finally:
                     spent[_key] += time.perf_counter() - t0
             setattr(layer, kind, timed)
-    samples: dict[str, list[float]] = collections.defaultdict(list)
-    totals = []
+    samples = {n: collections.defaultdict(list) for n in counts}
+    totals: dict[int, list[float]] = {n: [] for n in counts}
     try:
-        with threadpool_limits(limits=threads, user_api="blas"), parallel.limited(threads):
-            for i in range(passes + 2):
-                spent.clear()
-                t0 = time.perf_counter()
-                net.forward()
-                net.blobs[net.output_names[0]].diff[...] = dy
-                net.backward()
-                if i >= 2:              # two warm-up passes
-                    totals.append(time.perf_counter() - t0)
-                    for key, seconds in spent.items():
-                        samples[key].append(seconds)
+        for i in range(passes + 2):
+            for n in (counts if i % 2 == 0 else counts[::-1]):
+                with threadpool_limits(limits=n, user_api="blas"), parallel.limited(n):
+                    spent.clear()
+                    t0 = time.perf_counter()
+                    net.forward()
+                    net.blobs[net.output_names[0]].diff[...] = dy
+                    net.backward()
+                    if i >= 2:              # two warm-up rounds
+                        totals[n].append(time.perf_counter() - t0)
+                        for key, seconds in spent.items():
+                            samples[n][key].append(seconds)
     finally:
         for layer, kind in originals:
             delattr(layer, kind)        # back to the class's method
-    return ({k: 1e3 * statistics.median(v) for k, v in samples.items()},
-            1e3 * statistics.median(totals))
+    return {n: ({k: 1e3 * statistics.median(v) for k, v in samples[n].items()},
+                1e3 * statistics.median(totals[n])) for n in counts}
 
 
 def report_layers(key: str, passes: int, rows: int) -> None:
@@ -146,8 +148,8 @@ def report_layers(key: str, passes: int, rows: int) -> None:
     rng = np.random.default_rng(1)
     net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].shape)
     dy = rng.standard_normal(net.blobs[net.output_names[0]].shape).astype(np.float32)
-    one, pass_one = layer_times(net, dy, passes, 1)
-    two, pass_two = layer_times(net, dy, passes, 2)
+    times = layer_times(net, dy, passes)
+    (one, pass_one), (two, pass_two) = times[1], times[2]
     excess = {k: two[k] - one[k] / 2 for k in one}
     order = sorted(one, key=lambda k: -excess[k])
     print(f"\n{title} (batch {batch}), forward+backward, medians of {passes} passes:")
