@@ -698,6 +698,18 @@ def _pool_against_caffe_loops(pool, case, x, dy_seed):
     np.testing.assert_array_equal(bottoms[0].diff, backward(dy))
 
 
+@pytest.mark.parametrize("case", [((1, 2, 7, 300), 3, 2, 1, True), ((1, 1, 2, 70000), 2, 2, 0, True)],
+                         ids=["uint16 codes", "int64 codes"])
+def test_max_pooling_of_wide_planes_with_wider_winner_codes(case):
+    """Winners are recorded as 1 + their flat shift in the input plane (``i * W + j``), in the
+    narrowest integer type that holds them: wide planes need 16 or 64 bits."""
+    geo = pooling.PoolGeometry(case[0][2:], (1, 1), _pair(case[1]), _pair(case[2]), _pair(case[3]))
+    assert geo.code_dtype() == (np.uint16 if case[0][3] == 300 else np.int64)
+    x = rng(24).standard_normal(case[0]).astype(np.float32)
+    x[0, 0, 0, :2] = x[0, 0, 1, 1]                     # ties
+    _pool_against_caffe_loops("MAX", case, x, 25)
+
+
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
 @pytest.mark.parametrize("case", POOL_CASES,
                          ids=lambda c: f"{c[0][2]}x{c[0][3]}k{c[1]}s{c[2]}p{c[3]}{'c' if c[4] else 'f'}")

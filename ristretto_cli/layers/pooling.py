@@ -199,18 +199,32 @@ class PoolGeometry:
             sizes.append(np.minimum(start + k, n + p) - start)
         return np.multiply.outer(sizes[0], sizes[1]).astype(dtype)
 
-    def plane_index(self, k1: np.ndarray) -> np.ndarray:
-        """Winning offsets (1-based, 0 = none) -> Caffe's ``h * W + w`` in the plane, or -1."""
-        kw = self.kernel[1]
-        k = k1.astype(np.int64) - 1
+    # -- winners ------------------------------------------------------------------------
+    # A window's winner is recorded as a code: 1 + its flat shift from the window's origin in
+    # the input plane, ``i * W + j`` for kernel offset (i, j); 0 where nothing won. The target
+    # cell of the gradient is then the window's origin plus the code minus 1, with no lookup.
+    # For the offsets of a window that fall inside the image the codes grow with the offset
+    # (row-major), so the last offset that beat the running maximum has the largest code.
+    def origins(self) -> np.ndarray:
+        """``(PH, PW)``: each window's origin ``hs * W + ws`` in the input plane (negative
+        parts where it starts in the padding)."""
         hs = (np.arange(self.pooled[0]) * self.stride[0] - self.pad[0])[:, None]
         ws = (np.arange(self.pooled[1]) * self.stride[1] - self.pad[1])[None, :]
-        idx = (hs + k // kw) * self.size[1] + ws + k % kw
-        return np.where(k < 0, -1, idx)
+        return hs * self.size[1] + ws
 
-    def offset_dtype(self):
-        """Smallest integer type for 1-based offset indices (narrow types stream faster)."""
-        n = self.kernel[0] * self.kernel[1]
+    def winner_codes(self) -> list[int]:
+        """The code of each kernel offset, row-major (see above)."""
+        return [i * self.size[1] + j + 1 for i, j in
+                itertools.product(range(self.kernel[0]), range(self.kernel[1]))]
+
+    def plane_index(self, k1: np.ndarray) -> np.ndarray:
+        """Winner codes -> Caffe's ``h * W + w`` in the plane, or -1 where nothing won."""
+        k = k1.astype(np.int64)
+        return np.where(k == 0, -1, self.origins() + k - 1)
+
+    def code_dtype(self):
+        """Smallest integer type for the winner codes (narrow types stream faster)."""
+        n = (self.kernel[0] - 1) * self.size[1] + self.kernel[1]
         return np.uint8 if n < 255 else np.uint16 if n < 65535 else np.int64
 
 
@@ -345,8 +359,8 @@ def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray | None 
 
 def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
                    out: np.ndarray | None = None) -> np.ndarray:
-    """Each output's gradient added to the cell its 1-based offset index names (0: nowhere),
-    outputs in row-major order per plane: Caffe's loop, hence its summation order. ``k1`` is
+    """Each output's gradient added to the cell its winner code names (0: nowhere), outputs
+    in row-major order per plane: Caffe's loop, hence its summation order. ``k1`` is
     ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid."""
     if out is None:
         out = np.empty(_lead(dy) + geo.size, dy.dtype)
@@ -360,21 +374,15 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
         return out
     dy3 = dy.reshape((m,) + geo.pooled)
     k3 = geo.off_grid(k1, (m,)) if k1.ndim == 1 else k1.reshape((m,) + geo.pooled)
-    # Each 1-based offset's flat shift inside a window, and each window's origin, per plane
-    # of a block: an output's target cell is the sum of the two.
-    shifts = np.zeros(geo.kernel[0] * geo.kernel[1] + 1, np.intp)
-    shifts[1:] = (np.arange(geo.kernel[0])[:, None] * w + np.arange(geo.kernel[1])).reshape(-1)
-    origins = ((np.arange(geo.pooled[0]) * geo.stride[0] - geo.pad[0])[:, None] * w
-               + (np.arange(geo.pooled[1]) * geo.stride[1] - geo.pad[1]))
+    # An output's target cell: its window's origin in its plane of the block, plus its code - 1
     step = max(1, ROUTE_BLOCK_BYTES // max(1, h * w * dy.itemsize))
-    bases = (np.arange(min(step, m)) * (h * w))[:, None, None] + origins
+    starts = (np.arange(min(step, m)) * (h * w))[:, None, None] + (geo.origins() - 1)
 
     def work(b0: int, b1: int) -> None:
         ob, kb, d = o3[b0:b1].reshape(-1), k3[b0:b1], dy3[b0:b1]
         ob.fill(0)
         target = scratch("pool_target", kb.shape, np.intp)
-        np.take(shifts, kb, out=target, mode="clip")
-        target += bases[:b1 - b0]
+        np.add(kb, starts[:b1 - b0], out=target)
         if not kb.all():
             # Outputs with no winner add +0 to their plane's first cell: a no-op, since sums
             # that start at +0 never hold -0 (and Caffe would write out of bounds).
@@ -417,13 +425,14 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
                      k1_grid: np.ndarray | None = None, indices: bool = True,
                      epilogue: Callable[[np.ndarray], None] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Maxima and the winners' 1-based offset indices (0 where no value beats -FLT_MAX);
-    ``epilogue`` (e.g. a fused ReLU) runs on every block of maxima while it is in cache.
+    """Maxima and the winners' codes (``PoolGeometry.winner_codes``; 0 where no value beats
+    -FLT_MAX); ``epilogue`` (e.g. a fused ReLU) runs on every block of maxima while it is in
+    cache.
 
-    The indices come as a flat grid (see ``PoolGeometry.grid``; ``off_grid`` gives the
+    The codes come as a flat grid (see ``PoolGeometry.grid``; ``off_grid`` gives the
     ``(..., PH, PW)`` view), written into ``k1_grid`` when it has the right size and type.
     Global pooling returns them as ``(..., 1, 1)``. With ``indices=False`` (no backward to
-    come) only the maxima are computed, the same values, and None stands for the indices."""
+    come) only the maxima are computed, the same values, and None stands for the codes."""
     out_shape = x.shape[:-2] + geo.pooled
     if out is None:
         out = np.empty(out_shape, x.dtype)
@@ -445,9 +454,9 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     # Branch-free updates (data-dependent masked copies are several times slower):
     # ``fmax`` ignores NaN, and the -inf padding never beats the -FLT_MAX start, so the
     # values equal Caffe's strict ">" scan (up to the sign of a zero maximum when +0 and -0
-    # tie); offsets grow, so the winner is the last offset
-    # that was strictly greater: k1 = max(k1, (v > best) * (o + 1)).
-    kdt = geo.offset_dtype()
+    # tie); the codes of the offsets inside the image grow, so the winner is the last
+    # offset that was strictly greater: k1 = max(k1, (v > best) * code).
+    kdt = geo.code_dtype()
     if not x.size:
         return out, np.zeros(0, kdt)
     m, size, fl = geo.planes(x), geo.grid_size, geo.flat_length()
@@ -462,6 +471,7 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         return out, k1_grid
 
     offsets = geo.flat_offsets()
+    codes = [kdt(c) for c in geo.winner_codes()]
     floor = x.dtype.type(-FLT_MAX)
 
     def work(b0: int, b1: int) -> None:
@@ -486,13 +496,13 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         kv = kb[:hi]
         gv = scratch("pool_hit", (hi,), bool)
         np.greater(first, floor, out=gv)
-        np.multiply(gv, kdt(1), out=kv)
+        np.multiply(gv, codes[0], out=kv)
         tv = scratch("pool_tmp", (hi,), kdt)
         for o, a, b, shift in offsets[1:]:
             v = flat[a, b, shift:shift + hi]
             np.greater(v, bv, out=gv)
             np.fmax(v, bv, out=bv)      # on ties the first winner stays, as in Caffe
-            np.multiply(gv, kdt(o + 1), out=tv)
+            np.multiply(gv, codes[o], out=tv)
             np.maximum(kv, tv, out=kv)
         np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
         if epilogue is not None:
@@ -587,7 +597,7 @@ class PoolingLayer(Layer):
 
     def forward_cpu(self, bottom, top):
         x, geo = bottom[0].data, self.geometry
-        self._k1 = None     # winners (MAX, STOCHASTIC TRAIN): 1-based offset index, 0 = none
+        self._k1 = None     # winners (MAX, STOCHASTIC TRAIN): their codes, 0 = none
         epilogue = None
         if self.rectify_top and self.pool != STOCHASTIC:
             epilogue = _rectify_in_place
@@ -618,7 +628,8 @@ class PoolingLayer(Layer):
         threshold = u * running[..., -1]
         k = np.argmax(running >= threshold[..., None], axis=-1)[..., None]
         y = np.take_along_axis(win, k, axis=-1)[..., 0]
-        k1 = (k[..., 0] + 1).astype(geo.offset_dtype())
+        row, col = np.divmod(k[..., 0], geo.kernel[1])      # the winner's kernel offset
+        k1 = (row * geo.size[1] + col + 1).astype(geo.code_dtype())
         empty = self._empty_windows()
         if empty is not None:
             y[..., empty] = 0
