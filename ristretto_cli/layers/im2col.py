@@ -364,7 +364,7 @@ def scratch_with_layout(slot: str, shape, dtype, layout) -> tuple[np.ndarray, bo
     call. Returns the array and whether the constant part must be written now: not when this
     thread's last request for the slot was for the same array, shape and layout (a plain
     ``scratch`` request for the slot in between forgets it). Layers call this once per
-    block or batch chunk; the padding is then written once per layer call, not per chunk."""
+    block or batch chunk; the padding is then written again only when the layout changes."""
     array = _scratch_array(slot, shape, dtype)
     base = _scratch.buffers[slot]
     key = (tuple(shape), array.dtype, layout)
