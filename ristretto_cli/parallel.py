@@ -190,6 +190,14 @@ def even_bounds(n: int, step: int, shared: bool, least: int = 1) -> list[int]:
     return [n * i // count for i in range(count + 1)] if count else [0]
 
 
+def for_even_blocks(n: int, step: int, work, shared: bool) -> None:
+    """``work(i0, i1)`` over blocks of at most ``step`` items covering ``0..n``, as even as
+    possible (see ``even_bounds``); shared among the threads when ``shared`` (the caller's
+    judgement that there is enough work), else all on this thread."""
+    bounds = even_bounds(n, step, shared)
+    for_bounds(bounds, work, min_items=1 if shared else len(bounds))
+
+
 def for_blocks(n: int, step: int, work, min_blocks: int = 1) -> None:
     """``work(i0, i1)`` over consecutive blocks of at most ``step`` items covering ``0..n``
     (each block sized to be worked on in the cache), the blocks shared among the threads
@@ -227,5 +235,5 @@ def matmul(a, b, out) -> None:
 
 
 __all__ = ["num_threads", "set_num_threads", "limited", "for_ranges", "for_bounds", "even_bounds",
-           "for_blocks", "in_worker",
+           "for_even_blocks", "for_blocks", "in_worker",
            "usable_threads", "blas_single_threaded", "blas_controllable", "matmul"]

@@ -101,9 +101,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 def _blocks(n: int, step: int, size: int, work) -> None:
     """``work(i0, i1)`` over blocks of at most ``step`` items covering ``0..n`` (``size``
     elements in all), shared among the threads where that is worth it."""
-    split = size >= 2 * PARALLEL_MIN_ELEMENTS
-    bounds = parallel.even_bounds(n, step, split)
-    parallel.for_bounds(bounds, work, min_items=1 if split else len(bounds))
+    parallel.for_even_blocks(n, step, work, size >= 2 * PARALLEL_MIN_ELEMENTS)
 
 
 def _flat_blocks(n: int, work) -> None:

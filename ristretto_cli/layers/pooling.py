@@ -179,9 +179,7 @@ class PoolGeometry:
         (blocks are independent). Shared, the blocks are as even as possible and their count
         a multiple of the thread count, so that every thread gets the same amount."""
         step = max(1, (block_bytes or PHASE_BLOCK_BYTES) // max(1, plane_bytes))
-        split = m * plane_bytes >= PARALLEL_MIN_BYTES
-        bounds = parallel.even_bounds(m, step, split)
-        parallel.for_bounds(bounds, work, min_items=1 if split else len(bounds))
+        parallel.for_even_blocks(m, step, work, m * plane_bytes >= PARALLEL_MIN_BYTES)
 
     @property
     def whole_plane(self) -> bool:
@@ -390,8 +388,7 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
             d = np.where(none, 0, d)
             target[none] = np.nonzero(none)[0] * (h * w)
         np.add.at(ob, target.reshape(-1), d.reshape(-1))
-    parallel.for_blocks(m, step, work,
-                        min_blocks=1 if m * h * w * dy.itemsize >= PARALLEL_MIN_BYTES else m)
+    geo.run_blocks(m, h * w * dy.itemsize, work, ROUTE_BLOCK_BYTES)
     return out
 
 
