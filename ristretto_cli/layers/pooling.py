@@ -492,14 +492,15 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         kb[hi:] = 0
         kv = kb[:hi]
         gv = scratch("pool_hit", (hi,), bool)
+        hits = gv.view(np.uint8)    # as bytes, the products by codes need no cast from bool
         np.greater(first, floor, out=gv)
-        np.multiply(gv, codes[0], out=kv)
+        np.multiply(hits, codes[0], out=kv)
         tv = scratch("pool_tmp", (hi,), kdt)
         for o, a, b, shift in offsets[1:]:
             v = flat[a, b, shift:shift + hi]
             np.greater(v, bv, out=gv)
             np.fmax(v, bv, out=bv)      # on ties the first winner stays, as in Caffe
-            np.multiply(gv, codes[o], out=tv)
+            np.multiply(hits, codes[o], out=tv)
             np.maximum(kv, tv, out=kv)
         np.copyto(o3[b0:b1], geo.off_grid(best, (b1 - b0,)))
         if epilogue is not None:
