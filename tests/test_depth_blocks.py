@@ -1,0 +1,100 @@
+"""Deep products block by block (``depth_blocks``): the blocks the BLAS sums, the blocked
+product's bits against the plain product, and the convolution keeping the plain product's bits
+whether or not this BLAS sums that way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from layer_check import setup
+
+from ristretto_cli import parallel
+from ristretto_cli.layers import convolution, depth_blocks
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """A private memory of checked shapes, so that a changed rule is checked again."""
+    monkeypatch.setattr(depth_blocks, "_agreed", {})
+
+
+def test_blocks_follow_the_blas_rule():
+    # Whole blocks of 448 while twice that remains, then the rest halved, the first half
+    # rounded up to a multiple of 16 (worked by hand).
+    assert depth_blocks.depth_blocks(75) == [(0, 75)]
+    assert depth_blocks.depth_blocks(448) == [(0, 448)]
+    assert depth_blocks.depth_blocks(500) == [(0, 256), (256, 500)]     # 250 -> 256
+    assert depth_blocks.depth_blocks(800) == [(0, 400), (400, 800)]
+    assert depth_blocks.depth_blocks(896) == [(0, 448), (448, 896)]
+    assert depth_blocks.depth_blocks(1152) == [(0, 448), (448, 800), (800, 1152)]   # 704 -> 352
+    assert depth_blocks.depth_blocks(2304) == [(0, 448), (448, 896), (896, 1344), (1344, 1792),
+                                                (1792, 2048), (2048, 2304)]
+
+
+@pytest.mark.parametrize("rows, depth", [(32, 800), (50, 500), (16, 1152)])
+def test_blocked_product_equals_the_plain_product_where_it_agrees(rows, depth, fresh_checks):
+    rng = np.random.default_rng(rows + depth)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    b = rng.standard_normal((depth, 1280)).astype(np.float32)
+    deepest = max(k1 - k0 for k0, k1 in depth_blocks.depth_blocks(depth))
+    width = convolution.PANEL_MADDS // (rows * deepest) // 16 * 16
+    tail = convolution.PANEL_MADDS // (rows * depth) + 1
+    count = (1280 - tail) // width
+    blocked = np.empty((rows, 1280), np.float32)
+    with parallel.blas_single_threaded():      # as layers run the BLAS
+        depth_blocks.blocked_product(a, b, blocked, width, count)
+        plain = np.matmul(a, b)
+    # Always the same product up to rounding; bit for bit wherever the check says so
+    # (on OpenBLAS's AVX-512 build, where these shapes were measured, it does).
+    np.testing.assert_allclose(blocked, plain, rtol=1e-5, atol=1e-4)
+    if depth_blocks.agrees(rows, depth, width, tail):
+        np.testing.assert_array_equal(blocked.view(np.uint32), plain.view(np.uint32))
+
+
+def test_a_wrong_block_rule_is_caught_by_the_check(monkeypatch, fresh_checks):
+    """With blocks of 300 the sums run in another order than the BLAS's (800 = 400 + 400
+    there): the check on random operands sees it."""
+    monkeypatch.setattr(depth_blocks, "BLOCK_DEPTH", 300)
+    assert depth_blocks.depth_blocks(800) == [(0, 300), (300, 556), (556, 800)]
+    assert not depth_blocks.agrees(32, 800, 64, 40)
+
+
+@pytest.mark.parametrize("block_depth", [448, 300])     # the build's rule; a wrong one
+def test_convolution_forward_keeps_the_plain_products_bits(block_depth, monkeypatch, fresh_checks):
+    """CIFAR-10's second layer (32 x 800 weights): the forward block by block in panels where
+    the BLAS agrees, the plain product where it does not (a wrong rule), the same top either
+    way as with the deep panels turned off."""
+    monkeypatch.setattr(depth_blocks, "BLOCK_DEPTH", block_depth)
+    deepest = max(k1 - k0 for k0, k1 in depth_blocks.depth_blocks(800))
+    width = convolution.PANEL_MADDS // (32 * deepest) // 16 * 16
+    agreed = depth_blocks.agrees(32, 800, width, 40)    # checked (and remembered) before the spy
+    used = []
+    real = depth_blocks.blocked_product
+    monkeypatch.setattr(depth_blocks, "blocked_product", lambda *a: used.append(a[3:]) or real(*a))
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((10, 32, 16, 16)).astype(np.float32)
+    spec = ('type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 '
+            'weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
+    tops = []
+    with parallel.limited(1):
+        for max_rows in (convolution.DEEP_PANEL_MAX_ROWS, 0):
+            monkeypatch.setattr(convolution, "DEEP_PANEL_MAX_ROWS", max_rows)
+            layer, bottoms, top = setup(spec, [x])
+            layer.forward(bottoms, top)
+            tops.append(top[0].data.copy())
+    np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))
+    assert bool(used) == agreed
+    assert not (block_depth == 300 and agreed)
+
+
+def test_openblas_avx512_takes_the_blocked_path(fresh_checks):
+    """On the BLAS the rule was measured on, the check agrees for the shapes it is meant for
+    (else the forward would quietly fall back to the slower plain product)."""
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not blas or blas[0].get("internal_api") != "openblas" or blas[0].get("architecture") != "SkylakeX":
+        pytest.skip("the block rule was measured on OpenBLAS's AVX-512 (SkylakeX) kernels")
+    for rows, depth in ((32, 800), (50, 500), (16, 1152)):
+        deepest = max(k1 - k0 for k0, k1 in depth_blocks.depth_blocks(depth))
+        width = convolution.PANEL_MADDS // (rows * deepest) // 16 * 16
+        assert depth_blocks.agrees(rows, depth, width, convolution.PANEL_MADDS // (rows * depth) + 1)
