@@ -98,3 +98,28 @@ def test_openblas_avx512_takes_the_blocked_path(fresh_checks):
         deepest = max(k1 - k0 for k0, k1 in depth_blocks.depth_blocks(depth))
         width = convolution.PANEL_MADDS // (rows * deepest) // 16 * 16
         assert depth_blocks.agrees(rows, depth, width, convolution.PANEL_MADDS // (rows * depth) + 1)
+
+
+def test_long_reductions_go_in_depth_panels_summed_in_order():
+    """A weight gradient's long reduction (CIFAR-10's 5 kernel rows x 160 x 1280 by 1280 x 32)
+    in depth panels: each panel's product, summed in panel order, bit for bit; the plain
+    product up to rounding. A depth that no panel width divides keeps the plain product."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((5, 160, 1283)).astype(np.float32)
+    b = rng.standard_normal((1283, 32)).astype(np.float32)
+    # Widths: multiples of 16 within 1e6 / (160 * 32) = 195 that divide 1280: 192 and 176
+    # do not, 160 does (8 panels).
+    width = 160
+    with parallel.blas_single_threaded():
+        got = convolution._depth_panel_product(a[..., :1280], b[:1280])
+        expected = None
+        for k0 in range(0, 1280, width):
+            part = np.matmul(a[..., k0:k0 + width], b[k0:k0 + width])
+            expected = part if expected is None else expected + part
+        plain = np.matmul(a[..., :1280], b[:1280])
+        odd = convolution._depth_panel_product(a, b)        # 1283 = a prime: no panels
+        odd_plain = np.matmul(a, b)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-3)
+    assert not np.array_equal(got, plain)       # another order of summation indeed
+    np.testing.assert_array_equal(odd.view(np.uint32), odd_plain.view(np.uint32))

@@ -198,6 +198,32 @@ def _positions_first(a: np.ndarray, slot: str) -> np.ndarray:
     return out
 
 
+#: Long reductions (``a @ b`` with a depth of several thousand, few rows and columns) go in
+#: depth panels of at least this many within PANEL_MADDS, on the small-matrix kernels.
+DEPTH_PANEL_MIN = 64
+
+
+def _depth_panel_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for ``a`` ``(..., m, K)`` and ``b`` ``(K, n)`` with a long depth K: in depth
+    panels of a width that divides K, a multiple of 16 within PANEL_MADDS, each on the
+    small-matrix kernels (no packing: 1.2x the GEMM rate for CIFAR-10's 160 x 32 weight-
+    gradient rows), the panels' products then summed in order. The sums run in another
+    order than one GEMM's: for products whose rounding is ours to choose (gradients), the
+    same bits for the same operands. The plain product where no such width exists."""
+    m, depth = a.shape[-2:]
+    n = b.shape[1]
+    limit = min(depth // 2, PANEL_MADDS // max(1, m * n)) // 16 * 16
+    width = next((w for w in range(limit, DEPTH_PANEL_MIN - 1, -16) if depth % w == 0), None)
+    if width is None or not b.flags.c_contiguous:
+        return np.matmul(a, b)
+    count = depth // width
+    lead = a.shape[:-2]
+    panels = a.reshape(lead + (m, count, width)).swapaxes(-3, -2)
+    parts = np.matmul(panels, b.reshape(count, width, n),
+                      out=scratch("depth_panels", lead + (count, m, n), a.dtype))
+    return np.add.reduce(parts, axis=-3)
+
+
 class _WeightGradient:
     """Sums ``a @ b.T`` ``(groups, m, k)`` per group over the chunks of a batch, then adds the
     sum to the weight gradient ``dw``: an array of that shape, or any view of the gradient
@@ -238,7 +264,7 @@ class _WeightGradient:
         k0, rows, _ = a.shape
         rest, kc = rows // og, bt.shape[1]
         part = self.parts[slot, g]
-        prod = np.matmul(a, bt)                                      # (k0, O/g * rest, k)
+        prod = _depth_panel_product(a, bt)                           # (k0, O/g * rest, k)
         if self.transposed:
             np.copyto(part.reshape(kc, og, k0, rest), prod.reshape(k0, og, rest, kc).transpose(3, 1, 0, 2))
         else:
