@@ -20,7 +20,7 @@ from layer_check import TRAIN, check_forward, check_gradient, forward, layer_par
 from ristretto_cli import parallel
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import upgrade_net_as_needed, write_caffemodel
-from ristretto_cli.layers import convolution, im2col, pooling, row_shift
+from ristretto_cli.layers import blas_panels, convolution, im2col, pooling, row_shift
 from ristretto_cli.layers.convolution import ConvolutionLayer, DeconvolutionLayer
 from ristretto_cli.layers.inner_product import InnerProductLayer
 from ristretto_cli.layers.pooling import pooled_size
@@ -276,30 +276,40 @@ def _recorded(monkeypatch, owner, name: str, pick) -> list:
 
 
 PANEL_CASES = [
-    # case (as CONV_CASES), multiply-adds per panel -> panel width
-    (((2, 3, 5, 7), 4, (2,), (), (1,), (), 1), 4 * 12 * 8, 8),           # 6 x 8 outputs per item
-    (((3, 2, 3, 40), 3, (3,), (), (1,), (), 1), 3 * 18 * 24, 24),
-    (((2, 4, 3, 33), 4, (3,), (), (1,), (), 2), 2 * 18 * 33, 33),        # groups
+    # case (as CONV_CASES), rows and depth of each group's forward product
+    (((2, 3, 5, 7), 4, (2,), (), (1,), (), 1), 4, 12),          # 6 x 8 outputs per item
+    (((3, 2, 3, 40), 3, (3,), (), (1,), (), 1), 3, 18),
+    (((2, 4, 3, 33), 4, (3,), (), (1,), (), 2), 2, 18),         # groups; dx by flipped kernels
 ]
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("case, madds, width", PANEL_CASES,
+@pytest.mark.parametrize("deep", [False, True], ids=["one depth block", "depth blocks"])
+@pytest.mark.parametrize("case, rows, depth", PANEL_CASES,
                          ids=lambda c: "x".join(map(str, c[0])) if isinstance(c, tuple) else str(c))
-def test_conv_panels_match_direct_loops(case, madds, width, threads, monkeypatch):
-    """Short products go in panels at fixed offsets inside each item (where the threads
-    are already shared out: one thread, or one per batch chunk; here chunks of one item):
-    forward against the direct loops, backward (the column gradient in panels, too) against
-    finite differences."""
+def test_conv_panels_match_direct_loops(case, rows, depth, deep, threads, monkeypatch):
+    """Products in panels of 16 columns (where the threads are already shared out: one
+    thread, or one per batch chunk; here chunks of one item), with or without depth blocks
+    of at most 8: forward against the direct loops, backward (the column gradient in panels,
+    too) against finite differences. The panels are forced: these float64 shapes are about
+    the plumbing, not about the BLAS's bits (``tests/test_blas_panels.py``)."""
     _chunks_on_threads(monkeypatch, 1, threads)
-    monkeypatch.setattr(convolution, "PANEL_MADDS", madds)
-    monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", 2)
-    stacked = _recorded(monkeypatch, convolution.np, "matmul", lambda a, b, **kw: b.shape[-1] if b.ndim == 3 else None)
+    monkeypatch.setattr(blas_panels, "agrees", lambda *a, **kw: True)
+    if deep:
+        monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 8)
+        monkeypatch.setattr(blas_panels, "BLOCK_UNROLL", 1)
+    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
+    monkeypatch.setattr(convolution, "PANEL_MADDS", rows * deepest * 16)
+    monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", 16)
+    used = _recorded(monkeypatch, blas_panels, "panel_product", lambda a, b, out, width, count: (a.shape, width))
     _conv_forward_check("Convolution", case)
-    assert width in stacked
-    stacked.clear()
+    assert used and set(used) == {((rows, depth), 16)}
+    used.clear()
     check_gradient(conv_spec("Convolution", *case[1:]), [rng(8).standard_normal(case[0])])
-    assert stacked.count(width) > len(stacked) // 2
+    assert ((rows, depth), 16) in used
+    if not deep and case[0][1] // case[-1] < rows:     # fewer inputs than outputs per group:
+        # dx through col2im, whose products go in panels too
+        assert ((depth, rows), 16) in used
 
 
 def test_conv_hand_computed():

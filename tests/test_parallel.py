@@ -158,16 +158,17 @@ def test_convolution_gives_the_same_bits_on_one_and_on_several_threads(channels,
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def test_panels_sit_inside_items_so_batch_chunks_do_not_change_the_bits(monkeypatch):
-    """A short product (8 x 75 weights) goes in panels at fixed offsets inside each item: the
-    forward and the input gradient come out the same whether a chunk holds one item or four
-    (the weight gradient is summed chunk by chunk, so it may differ in its last bits)."""
-    from ristretto_cli.layers import convolution
+def test_panels_do_not_make_batch_chunks_change_the_bits(monkeypatch):
+    """A short product (8 x 75 weights) goes in panels (``blas_panels``), wherever they fall
+    in a chunk: the forward and the input gradient come out the same whether a chunk holds
+    one item or four (the weight gradient is summed chunk by chunk, so it may differ in its
+    last bits)."""
+    from ristretto_cli.layers import blas_panels, convolution
     monkeypatch.setattr(convolution, "PANEL_MADDS", 8 * 75 * 256)
     monkeypatch.setattr(parallel, "_threads", 1)
     widths = []
-    real = convolution._panel_width
-    monkeypatch.setattr(convolution, "_panel_width", lambda *a: widths.append(real(*a)) or widths[-1])
+    real = blas_panels.panel_product
+    monkeypatch.setattr(blas_panels, "panel_product", lambda *a: widths.append((a[3], a[1].shape[-1])) or real(*a))
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
     dy = rng.standard_normal((8, 8, 32, 32)).astype(np.float32)
@@ -181,6 +182,6 @@ def test_panels_sit_inside_items_so_batch_chunks_do_not_change_the_bits(monkeypa
         tops[0].diff = dy.copy()
         layer.backward(tops, [True], bottoms)
         results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
-    assert 256 in widths
+    assert (256, 1024) in widths and (256, 4096) in widths      # chunks of one item and of four
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

@@ -22,7 +22,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count
-from ristretto_cli.layers import depth_blocks, row_shift
+from ristretto_cli.layers import blas_panels, row_shift
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.im2col import (
     CACHE_COL_ELEMENTS,
@@ -51,13 +51,17 @@ BLOCK_COL_ELEMENTS = 1 << 20
 BLOCK_MIN_COLUMNS = 512
 #: OpenBLAS runs products of at most this many multiply-adds on its small-matrix kernels,
 #: which do not pack their operands. A product with few rows and a short depth over many
-#: columns (a first layer: 32 x 75 weights) spends more on packing than on multiplying, so
-#: it goes in panels of that size: 1.3-1.6x faster for CIFAR-10's first layer. Those
-#: kernels' bits can depend on where a panel starts and how wide it is (PANEL_MAX_DEPTH says
-#: when they do not), so these panels sit at fixed offsets inside each batch item, whatever
-#: the chunking; none are narrower than PANEL_MIN_COLUMNS.
+#: columns spends more on packing than on multiplying, so it goes in panels of that size
+#: (``blas_panels``, with the plain product's bits): CIFAR-10's and SqueezeNet's first layers
+#: (32 x 75 and 96 x 147 weights) 1.2-1.6x the GEMM rate, SqueezeNet's 1x1 layers up to 2.2x,
+#: deep ones in the BLAS's depth blocks (32 x 800) 1.14x.
 PANEL_MADDS = 1_000_000
-PANEL_MIN_COLUMNS = 256
+#: Narrower panels run slower than the packed product (16 and 48 columns: 0.4-0.8x).
+PANEL_MIN_COLUMNS = 64
+#: Item-by-item products (1x1 layers) shallower than this gain nothing from panels: their
+#: last columns, a packed product above PANEL_MADDS, are a third of each item (SqueezeNet's 1x1
+#: expand layers, 16-48 deep: 0.98-1.2x the time; its 96-256 deep squeeze layers 0.89-0.94x).
+PANEL_MIN_ITEM_DEPTH = 64
 #: Up to this depth, with two rows or more and panels of whole multiples of 16 columns, the
 #: small-matrix kernels give the packed GEMM's bits (it sums such a depth in one block, as
 #: they do; measured equal up to 416 on OpenBLAS's AVX-512 build, unequal from 512), except
@@ -87,62 +91,37 @@ def _whole_panels(rows: int, depth: int, columns: int, width: int) -> int:
     return max(0, (columns - last) // width)
 
 
-def _panel_width(rows: int, depth: int, positions: int) -> int | None:
-    """Columns per panel for ``rows x depth`` weights over items of ``positions`` columns: the
-    widest divisor of ``positions`` within PANEL_MADDS, not under PANEL_MIN_COLUMNS; None
-    where there is none (the product is deep or wide enough as it is)."""
-    limit = PANEL_MADDS // max(1, rows * depth)
-    for parts in range(1, positions // PANEL_MIN_COLUMNS + 1):
-        if positions % parts == 0 and positions // parts <= limit:
-            return positions // parts
-    return None
-
-
-#: Deep products (several of the BLAS's depth blocks, see ``depth_blocks``) with at most this
-#: many rows go block by block in panels: 1.14-1.33x the GEMM rate for 16-50 rows (CIFAR-10's
-#: and LeNet's second layers: 32 x 800 and 50 x 500 weights), none for 64.
-DEEP_PANEL_MAX_ROWS = 56
-
-
-def _deep_panels(a: np.ndarray, columns: int) -> tuple[int, int] | None:
-    """``(width, count)`` for computing ``a @ b`` (``columns`` columns) depth block by depth
-    block in panels with the plain product's bits (``depth_blocks``), or None where that does
-    not apply: one depth block, more than DEEP_PANEL_MAX_ROWS rows, too few columns, or a
-    BLAS that sums otherwise. The panels keep within PANEL_MADDS; the last columns, in one
-    product above it, run as the plain product does."""
+def _panels(a: np.ndarray, columns: int, per_item: bool = False) -> tuple[int, int] | None:
+    """``(width, count)`` for ``a @ b`` over ``columns`` columns (of each item, ``per_item``)
+    in ``count`` panels of ``width`` (a multiple of 16 within PANEL_MADDS for the deepest of
+    the BLAS's depth blocks), the last columns in one product above PANEL_MADDS, as the plain
+    product runs them; None where panels would be narrower than PANEL_MIN_COLUMNS, there is
+    no room for one, an item's product is shallower than PANEL_MIN_ITEM_DEPTH, or this BLAS
+    would give other bits (``blas_panels.agrees``)."""
     rows, depth = a.shape
-    if rows < 2 or rows > DEEP_PANEL_MAX_ROWS or depth <= depth_blocks.BLOCK_DEPTH or a.dtype != np.float32:
+    if rows < 2 or (per_item and depth < PANEL_MIN_ITEM_DEPTH):
         return None
-    deepest = max(k1 - k0 for k0, k1 in depth_blocks.depth_blocks(depth))
+    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
     width = PANEL_MADDS // (rows * deepest) // 16 * 16
-    if width < SHALLOW_PANEL_MIN_COLUMNS:
+    if width < PANEL_MIN_COLUMNS:
         return None
     count = _whole_panels(rows, depth, columns, width)
     tail = PANEL_MADDS // (rows * depth) + 1
-    if count < 1 or not depth_blocks.agrees(rows, depth, width, tail):
+    if count < 1 or not blas_panels.agrees(rows, depth, width, tail, a.dtype):
         return None
     return width, count
 
 
-def _matmul_cols(a: np.ndarray, b: np.ndarray, out: np.ndarray, items: int, positions: int,
-                 batch_inner: bool) -> None:
-    """``out = a @ b`` for column buffers ``b`` and ``out`` of ``items`` x ``positions``
-    columns. Where the threads are already shared out: a deep product with few rows depth
-    block by depth block in panels (``_deep_panels``), and with the batch outer (each item's
-    columns a run) a shallow one in panels at fixed places in each item (see PANEL_MADDS),
-    each as stacked matmuls (a GEMM per panel); else as one product, the same bits."""
-    single = parallel.usable_threads() == 1
-    deep = _deep_panels(a, b.shape[1]) if single else None
-    if deep is not None:
-        depth_blocks.blocked_product(a, b, out, *deep)
-        return
-    width = None if batch_inner else _panel_width(a.shape[0], a.shape[1], positions)
-    if width is None or items * positions <= width or not single:
-        parallel.matmul(a, b, out)
-        return
-    panels = items * (positions // width)
-    np.matmul(a, b.reshape(b.shape[0], panels, width).transpose(1, 0, 2),
-              out=out.reshape(out.shape[0], panels, width).transpose(1, 0, 2))
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a @ b`` for weights ``a`` and column buffers ``b`` ``(..., depth, columns)``:
+    in panels (``_panels``) where the threads are already shared out, else as one product
+    shared among them; the same bits either way."""
+    if parallel.usable_threads() == 1:
+        plan = _panels(a, b.shape[-1], b.ndim > 2)
+        if plan is not None:
+            blas_panels.panel_product(a, b, out, *plan)
+            return
+    parallel.matmul(a, b, out)
 
 
 #: Bias gradients over at least this many elements per thread are summed on the threads.
@@ -546,7 +525,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 # The input is the column buffer: a batched GEMM straight into the top.
                 xc = xc.reshape(n, c, p)
                 for g in range(g_):
-                    parallel.matmul(wg[g], xc[:, g * cg:(g + 1) * cg], yc[:, g * og:(g + 1) * og])
+                    _product(wg[g], xc[:, g * cg:(g + 1) * cg], yc[:, g * og:(g + 1) * og])
                 if bias is not None:
                     yc += bias
             elif rows is not None:
@@ -557,7 +536,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                              out=scratch("col", (c * geo.kernel_size, m), x.dtype))
                 res = scratch("gemm", (o, m), x.dtype)
                 for g in range(g_):
-                    parallel.matmul(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                    _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
                 per_row = sub.col_size // (rows[1] - rows[0])
                 yc = yc[:, :, rows[0] * per_row:rows[1] * per_row]
                 self._store(yc, from_cols(res, n, (sub.col_size,), False), bias)
@@ -566,7 +545,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
                 res = scratch("gemm", (o, n * p), x.dtype)
                 for g in range(g_):
-                    _matmul_cols(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og], n, p, bi)
+                    _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
                 self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
@@ -583,6 +562,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         c, o, p = self.channels, self.num_output, geo.col_size
         cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
         wg = w.reshape(g_, og, kg)
+        # The column gradients' weights, transposed once into contiguous arrays: the panels
+        # are checked (``blas_panels.agrees``) for plain, not transposed, operands.
+        wgt = np.ascontiguousarray(wg.transpose(0, 2, 1)) if dx is not None else None
         dy = dy.reshape(self.num, o, p)
         flipped = self._flipped_geometry() if dx is not None else None
         least, frows = 1, None
@@ -646,7 +628,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if dx is not None:
                     dxc = dx[n0:n1].reshape(n, c, p)
                     for g in range(g_):
-                        parallel.matmul(wg[g].T, dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
+                        _product(wgt[g], dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
                 return
             col = scratch("col", (c * geo.kernel_size, n * p), x.dtype)
             if dwg is not None:
@@ -658,7 +640,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
                 for g in range(g_):   # the column buffer is reused for the column gradient
-                    _matmul_cols(wg[g].T, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], n, p, bi)
+                    _product(wgt[g], dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
                 col2im(col, geo, n, c, bi, out=dx[n0:n1])
         self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:

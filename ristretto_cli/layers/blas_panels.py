@@ -1,0 +1,96 @@
+"""Products in column panels on the BLAS's small-matrix kernels, with the plain product's bits.
+
+OpenBLAS runs a product of few multiply-adds on small-matrix kernels that do not pack their
+operands; a larger one packs both first. A convolution's product with few rows and a short
+depth over many columns spends more on that packing than on multiplying, so cutting its
+columns into panels small enough for those kernels makes it faster (``panel_product``).
+
+The bits stay the plain product's where the kernels sum in the same order. A shallow depth
+both sum in one run. A deep one the packed GEMM does not: it splits the depth into blocks
+(``BLOCK_DEPTH`` at a time while twice that remains, then the rest in two halves, the first
+rounded up to a multiple of ``BLOCK_UNROLL``: 800 -> 400 + 400), sums each from zero and adds
+the block sums into the result one after the other (``depth_blocks``). The panels follow
+those blocks and add their products in the same order.
+
+These are facts about one BLAS build (OpenBLAS 0.3 on its AVX-512 kernels). So before a shape
+goes in panels, ``agrees`` checks once, on random operands, that the panels give the plain
+product's bits on the BLAS actually loaded; where they do not, callers keep the plain product.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ristretto_cli import parallel
+from ristretto_cli.layers.im2col import scratch
+
+#: OpenBLAS's depth block for single-precision GEMM (its GEMM_Q) on the AVX-512 kernels.
+BLOCK_DEPTH = 448
+#: A split remainder's first half is rounded up to a multiple of this (its GEMM_UNROLL_M).
+BLOCK_UNROLL = 16
+
+
+def depth_blocks(depth: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` depth ranges the BLAS sums separately, in order."""
+    blocks, start = [], 0
+    while start < depth:
+        rest = depth - start
+        if rest >= 2 * BLOCK_DEPTH:
+            step = BLOCK_DEPTH
+        elif rest > BLOCK_DEPTH:
+            step = -(-(rest // 2) // BLOCK_UNROLL) * BLOCK_UNROLL
+        else:
+            step = rest
+        blocks.append((start, start + step))
+        start += step
+    return blocks
+
+
+def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, count: int) -> None:
+    """``out = a @ b`` for ``a`` ``(rows, depth)``, ``b`` ``(..., depth, columns)`` (rows of
+    contiguous runs) and ``out`` ``(..., rows, columns)``: the first ``count`` panels of
+    ``width`` columns depth block by depth block (one stacked matmul per block, the blocks'
+    products added in order), the remaining columns as one plain product."""
+    split = count * width
+    if split:
+        rows, lead = a.shape[0], b.shape[:-2]
+        block_sum = None
+        for k0, k1 in depth_blocks(a.shape[1]):
+            panels = b[..., k0:k1, :split].reshape(lead + (k1 - k0, count, width)).swapaxes(-3, -2)
+            target = (out[..., :split] if block_sum is None
+                      else scratch("depth_block", lead + (rows, split), out.dtype))
+            np.matmul(a[:, k0:k1], panels, out=target.reshape(lead + (rows, count, width)).swapaxes(-3, -2))
+            if block_sum is None:
+                block_sum = out[..., :split]
+            else:
+                np.add(block_sum, target, out=block_sum)
+    if split < b.shape[-1]:
+        np.matmul(a, b[..., split:], out=out[..., split:])
+
+
+_agreed: dict[tuple, bool] = {}
+_agreed_lock = threading.Lock()
+
+
+def agrees(rows: int, depth: int, width: int, tail: int, dtype=np.float32) -> bool:
+    """Whether ``panel_product`` gives the plain product's bits for ``rows x depth``
+    operands, ``width``-column panels and a last product of ``tail`` columns, on this BLAS on
+    one thread (as layers run it): checked once per shape on random operands (any other order
+    of summation shows in some of the results) and remembered."""
+    key = (rows, depth, width, tail, np.dtype(dtype).str)
+    with _agreed_lock:
+        known = _agreed.get(key)
+    if known is None:
+        rng = np.random.default_rng(depth * 131 + rows)
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        b = rng.standard_normal((depth, 2 * width + tail)).astype(dtype)
+        with parallel.blas_single_threaded():    # as the layers run (a threaded BLAS may differ)
+            plain = np.matmul(a, b)
+            panels = np.empty_like(plain)
+            panel_product(a, b, panels, width, 2)
+        known = bool(np.array_equal(plain.view(np.uint8), panels.view(np.uint8)))
+        with _agreed_lock:
+            _agreed[key] = known
+    return known

@@ -1,0 +1,134 @@
+"""Products in panels (``blas_panels``): the depth blocks the BLAS sums, the panels' bits
+against the plain product's, the check that guards them, and the convolution keeping the plain
+product's bits whether or not this BLAS agrees; and the weight gradients' depth panels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from layer_check import setup
+
+from ristretto_cli import parallel
+from ristretto_cli.layers import blas_panels, convolution
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """A private memory of checked shapes, so that a changed rule is checked again."""
+    monkeypatch.setattr(blas_panels, "_agreed", {})
+
+
+def _plan(rows, depth, columns):
+    """The panel width, count and last product's columns as the convolution picks them."""
+    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
+    width = convolution.PANEL_MADDS // (rows * deepest) // 16 * 16
+    tail = convolution.PANEL_MADDS // (rows * depth) + 1
+    return width, convolution._whole_panels(rows, depth, columns, width), tail
+
+
+def test_blocks_follow_the_blas_rule():
+    # Whole blocks of 448 while twice that remains, then the rest halved, the first half
+    # rounded up to a multiple of 16 (worked by hand).
+    assert blas_panels.depth_blocks(75) == [(0, 75)]
+    assert blas_panels.depth_blocks(448) == [(0, 448)]
+    assert blas_panels.depth_blocks(500) == [(0, 256), (256, 500)]     # 250 -> 256
+    assert blas_panels.depth_blocks(800) == [(0, 400), (400, 800)]
+    assert blas_panels.depth_blocks(896) == [(0, 448), (448, 896)]
+    assert blas_panels.depth_blocks(1152) == [(0, 448), (448, 800), (800, 1152)]   # 704 -> 352
+    assert blas_panels.depth_blocks(2304) == [(0, 448), (448, 896), (896, 1344), (1344, 1792),
+                                               (1792, 2048), (2048, 2304)]
+
+
+# deep (two or three depth blocks) and shallow shapes of the nets: CIFAR-10's and LeNet's second
+# layers, SqueezeNet's first layer, a 3x3 expand layer, 1x1 squeeze and expand layers
+SHAPES = [(32, 800), (50, 500), (16, 1152), (96, 147), (64, 144), (16, 96), (64, 16), (192, 48)]
+
+
+@pytest.mark.parametrize("rows, depth", SHAPES)
+def test_panels_equal_the_plain_product_where_they_agree(rows, depth, fresh_checks):
+    rng = np.random.default_rng(rows + depth)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    b = rng.standard_normal((2, depth, 3025)).astype(np.float32)      # stacked, as 1x1 layers go
+    width, count, tail = _plan(rows, depth, 3025)
+    assert width >= convolution.PANEL_MIN_COLUMNS and count >= 1
+    panels = np.empty((2, rows, 3025), np.float32)
+    with parallel.blas_single_threaded():      # as layers run the BLAS
+        blas_panels.panel_product(a, b, panels, width, count)
+        plain = np.matmul(a, b)
+    # Always the same product up to rounding; bit for bit wherever the check says so
+    # (on OpenBLAS's AVX-512 build, where these shapes were measured, it does).
+    np.testing.assert_allclose(panels, plain, rtol=1e-4, atol=1e-4)
+    if blas_panels.agrees(rows, depth, width, tail):
+        np.testing.assert_array_equal(panels.view(np.uint32), plain.view(np.uint32))
+
+
+def test_a_wrong_block_rule_is_caught_by_the_check(monkeypatch, fresh_checks):
+    """With blocks of 300 the sums run in another order than the BLAS's (800 = 400 + 400
+    there): the check on random operands sees it."""
+    monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 300)
+    assert blas_panels.depth_blocks(800) == [(0, 300), (300, 556), (556, 800)]
+    assert not blas_panels.agrees(32, 800, 64, 40)
+
+
+@pytest.mark.parametrize("block_depth", [448, 300])     # the build's rule; a wrong one
+def test_convolution_forward_keeps_the_plain_products_bits(block_depth, monkeypatch, fresh_checks):
+    """CIFAR-10's second layer (32 x 800 weights): the forward in panels where the BLAS
+    agrees, the plain product where it does not (a wrong rule), the same top either way as
+    with the panels turned off."""
+    monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", block_depth)
+    width, _, tail = _plan(32, 800, 1280)
+    agreed = blas_panels.agrees(32, 800, width, tail)    # checked (and remembered) before the spy
+    used = []
+    real = blas_panels.panel_product
+    monkeypatch.setattr(blas_panels, "panel_product", lambda *a: used.append(a[3:]) or real(*a))
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((10, 32, 16, 16)).astype(np.float32)
+    spec = ('type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 '
+            'weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
+    tops = []
+    with parallel.limited(1):
+        for min_columns in (convolution.PANEL_MIN_COLUMNS, 1 << 30):
+            monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", min_columns)
+            layer, bottoms, top = setup(spec, [x])
+            layer.forward(bottoms, top)
+            tops.append(top[0].data.copy())
+    np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))
+    assert bool(used) == agreed
+    assert not (block_depth == 300 and agreed)
+
+
+def test_openblas_avx512_takes_the_panels(fresh_checks):
+    """On the BLAS the rules were measured on, the check agrees for the shapes they are meant
+    for (else the layers would quietly fall back to the slower plain product)."""
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not blas or blas[0].get("internal_api") != "openblas" or blas[0].get("architecture") != "SkylakeX":
+        pytest.skip("the panel rules were measured on OpenBLAS's AVX-512 (SkylakeX) kernels")
+    for rows, depth in SHAPES:
+        width, _, tail = _plan(rows, depth, 3025)
+        assert blas_panels.agrees(rows, depth, width, tail), (rows, depth)
+
+
+def test_long_reductions_go_in_depth_panels_summed_in_order():
+    """A weight gradient's long reduction (CIFAR-10's 5 kernel rows x 160 x 1280 by 1280 x 32)
+    in depth panels: each panel's product, summed in panel order, bit for bit; the plain
+    product up to rounding. A depth that no panel width divides keeps the plain product."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((5, 160, 1283)).astype(np.float32)
+    b = rng.standard_normal((1283, 32)).astype(np.float32)
+    # Widths: multiples of 16 within 1e6 / (160 * 32) = 195 that divide 1280: 192 and 176
+    # do not, 160 does (8 panels).
+    width = 160
+    with parallel.blas_single_threaded():
+        got = convolution._depth_panel_product(a[..., :1280], b[:1280])
+        expected = None
+        for k0 in range(0, 1280, width):
+            part = np.matmul(a[..., k0:k0 + width], b[k0:k0 + width])
+            expected = part if expected is None else expected + part
+        plain = np.matmul(a[..., :1280], b[:1280])
+        odd = convolution._depth_panel_product(a, b)        # 1283 = a prime: no panels
+        odd_plain = np.matmul(a, b)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-3)
+    assert not np.array_equal(got, plain)       # another order of summation indeed
+    np.testing.assert_array_equal(odd.view(np.uint32), odd_plain.view(np.uint32))
