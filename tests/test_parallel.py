@@ -182,6 +182,7 @@ def test_panels_do_not_make_batch_chunks_change_the_bits(monkeypatch):
         tops[0].diff = dy.copy()
         layer.backward(tops, [True], bottoms)
         results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
-    assert (256, 1024) in widths and (256, 4096) in widths      # chunks of one item and of four
+    if blas_panels.agrees(8, 75, 256, 257):     # this BLAS sums panels as one product (AVX-512 OpenBLAS)
+        assert (256, 1024) in widths and (256, 4096) in widths      # chunks of one item and of four
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
