@@ -20,8 +20,7 @@ def fresh_checks(monkeypatch):
 
 def _plan(rows, depth, columns):
     """The panel width, count and last product's columns as the convolution picks them."""
-    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
-    width = convolution.PANEL_MADDS // (rows * deepest) // 16 * 16
+    width = convolution.PANEL_MADDS // (rows * blas_panels.deepest_block(depth)) // 16 * 16
     tail = convolution.PANEL_MADDS // (rows * depth) + 1
     return width, convolution._whole_panels(rows, depth, columns, width), tail
 
@@ -37,6 +36,7 @@ def test_blocks_follow_the_blas_rule():
     assert blas_panels.depth_blocks(1152) == [(0, 448), (448, 800), (800, 1152)]   # 704 -> 352
     assert blas_panels.depth_blocks(2304) == [(0, 448), (448, 896), (896, 1344), (1344, 1792),
                                                (1792, 2048), (2048, 2304)]
+    assert [blas_panels.deepest_block(d) for d in (75, 500, 800, 1152)] == [75, 256, 400, 448]
 
 
 # deep (two or three depth blocks) and shallow shapes of the nets: CIFAR-10's and LeNet's second

@@ -298,8 +298,7 @@ def test_conv_panels_match_direct_loops(case, rows, depth, deep, threads, monkey
     if deep:
         monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 8)
         monkeypatch.setattr(blas_panels, "BLOCK_UNROLL", 1)
-    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
-    monkeypatch.setattr(convolution, "PANEL_MADDS", rows * deepest * 16)
+    monkeypatch.setattr(convolution, "PANEL_MADDS", rows * blas_panels.deepest_block(depth) * 16)
     monkeypatch.setattr(convolution, "PANEL_MIN_COLUMNS", 16)
     used = _recorded(monkeypatch, blas_panels, "panel_product", lambda a, b, out, width, count: (a.shape, width))
     _conv_forward_check("Convolution", case)

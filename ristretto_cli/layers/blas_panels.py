@@ -48,6 +48,11 @@ def depth_blocks(depth: int) -> list[tuple[int, int]]:
     return blocks
 
 
+def deepest_block(depth: int) -> int:
+    """The longest of ``depth_blocks(depth)``: what a panel's multiply-adds are sized by."""
+    return max(k1 - k0 for k0, k1 in depth_blocks(depth))
+
+
 def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, count: int) -> None:
     """``out = a @ b`` for ``a`` ``(rows, depth)``, ``b`` ``(..., depth, columns)`` (rows of
     contiguous runs) and ``out`` ``(..., rows, columns)``: the first ``count`` panels of

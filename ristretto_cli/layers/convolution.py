@@ -7,8 +7,8 @@ in blocks of output rows (forward). 1x1 / stride 1 / no-pad kernels skip im2col:
 itself is the column buffer. The backward pass of kernels of five rows or more at stride 1
 builds dy's buffer over the other axes only and multiplies shifted views of it (``row_shift``);
 the forward keeps Caffe's single GEMM over the whole buffer, whose summation order its
-numbers follow (deep products with few rows go in the BLAS's own depth blocks, in panels:
-the same bits, see ``depth_blocks``).
+numbers follow (products with few rows go in column panels, deep ones in the BLAS's own
+depth blocks: the same bits, see ``blas_panels``).
 
 The weights a forward pass multiplies with come from ``forward_weights()`` and are kept for
 the backward pass's bottom gradient; Ristretto's quantized layers override that method to
@@ -101,8 +101,7 @@ def _panels(a: np.ndarray, columns: int, per_item: bool = False) -> tuple[int, i
     rows, depth = a.shape
     if rows < 2 or (per_item and depth < PANEL_MIN_ITEM_DEPTH):
         return None
-    deepest = max(k1 - k0 for k0, k1 in blas_panels.depth_blocks(depth))
-    width = PANEL_MADDS // (rows * deepest) // 16 * 16
+    width = PANEL_MADDS // (rows * blas_panels.deepest_block(depth)) // 16 * 16
     if width < PANEL_MIN_COLUMNS:
         return None
     count = _whole_panels(rows, depth, columns, width)
