@@ -22,7 +22,7 @@ def _plan(rows, depth, columns):
     """The panel width, count and last product's columns as the convolution picks them."""
     width = convolution.PANEL_MADDS // (rows * blas_panels.deepest_block(depth)) // 16 * 16
     tail = convolution.PANEL_MADDS // (rows * depth) + 1
-    return width, convolution._whole_panels(rows, depth, columns, width), tail
+    return convolution._panel_cover(rows, depth, columns, width, convolution.PANEL_MIN_COLUMNS) + (tail,)
 
 
 def test_blocks_follow_the_blas_rule():
@@ -57,6 +57,36 @@ def test_panels_equal_the_plain_product_where_they_agree(rows, depth, fresh_chec
         plain = np.matmul(a, b)
     # Always the same product up to rounding; bit for bit wherever the check says so
     # (on OpenBLAS's AVX-512 build, where these shapes were measured, it does).
+    np.testing.assert_allclose(panels, plain, rtol=1e-4, atol=1e-4)
+    if blas_panels.agrees(rows, depth, width, tail):
+        np.testing.assert_array_equal(panels.view(np.uint32), plain.view(np.uint32))
+
+
+def test_whole_multiples_of_16_columns_go_entirely_in_panels():
+    """Worked by hand: the widest multiple of 16 (not below the least) that divides the
+    columns; other counts of columns keep a last product of more than PANEL_MADDS."""
+    cover = convolution._panel_cover
+    assert cover(32, 800, 1280, 64, 64) == (64, 20)          # CIFAR-10's conv2, 5 items
+    assert cover(32, 75, 13312, 416, 64) == (416, 32)        # its conv1, 13 items of 1024
+    assert cover(32, 160, 1280, 192, 32) == (160, 8)         # 192 does not divide 1280
+    # 1283 is no multiple of 16; 1104 = 16 * 69 is, but 64 does not divide it
+    last = convolution.PANEL_MADDS // (32 * 800) + 1                      # 40 columns
+    assert cover(32, 800, 1283, 64, 64) == (64, (1283 - last) // 64)
+    assert cover(32, 800, 1104, 64, 64) == (64, (1104 - last) // 64)
+
+
+@pytest.mark.parametrize("rows, depth, columns", [(32, 800, 1280), (32, 75, 13312), (96, 147, 1024),
+                                                  (64, 144, 512)])
+def test_panels_without_a_last_product_equal_the_plain_product(rows, depth, columns, fresh_checks):
+    rng = np.random.default_rng(rows * depth)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    b = rng.standard_normal((depth, columns)).astype(np.float32)
+    width, count, tail = _plan(rows, depth, columns)
+    assert width * count == columns
+    panels = np.empty((rows, columns), np.float32)
+    with parallel.blas_single_threaded():
+        blas_panels.panel_product(a, b, panels, width, count)
+        plain = np.matmul(a, b)
     np.testing.assert_allclose(panels, plain, rtol=1e-4, atol=1e-4)
     if blas_panels.agrees(rows, depth, width, tail):
         np.testing.assert_array_equal(panels.view(np.uint32), plain.view(np.uint32))

@@ -80,7 +80,8 @@ def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out
     O/g, depth)`` (``row_weights`` of the group) against ``rows`` ``(depth, padded rows *
     rest * n)`` (the group's rows of ``row_buffer``). Output columns come batch innermost.
     ``panel``, ``count``: each kernel row's first ``count`` panels of ``panel`` columns go
-    panel by panel (one stacked matmul all the same), the remaining columns as one product."""
+    panel by panel (one stacked matmul all the same), the remaining columns, if any, as one
+    product."""
     k0, og, depth = wr.shape
     width = out.shape[1]
     parts = scratch("row_parts", (k0, og, width), out.dtype)
@@ -92,7 +93,8 @@ def row_product(wr: np.ndarray, rows: np.ndarray, geo: ConvGeometry, n: int, out
         panel_parts = as_strided(parts, shape=(k0, count, og, panel),
                                  strides=(parts.strides[0], panel * item, parts.strides[1], item))
         np.matmul(wr[:, None], panels, out=panel_parts)
-        np.matmul(wr, views[..., count * panel:], out=parts[..., count * panel:])
+        if count * panel < width:
+            np.matmul(wr, views[..., count * panel:], out=parts[..., count * panel:])
     else:
         np.matmul(wr, views, out=parts)
     np.add.reduce(parts, axis=0, out=out)
