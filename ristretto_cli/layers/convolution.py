@@ -108,9 +108,10 @@ def _panels(a: np.ndarray, columns: int, per_item: bool = False) -> tuple[int, i
     """``(width, count)`` for ``a @ b`` over ``columns`` columns (of each item, ``per_item``)
     in ``count`` panels of ``width`` (a multiple of 16 within PANEL_MADDS for the deepest of
     the BLAS's depth blocks): all of them where ``_panel_cover`` allows, else with the last
-    columns in one product above PANEL_MADDS, as the plain product runs them; None where panels would be narrower than PANEL_MIN_COLUMNS, there is
-    no room for one, an item's product is shallower than PANEL_MIN_ITEM_DEPTH, or this BLAS
-    would give other bits (``blas_panels.agrees``)."""
+    columns in one product above PANEL_MADDS, as the plain product runs them. None where
+    panels would be narrower than PANEL_MIN_COLUMNS, there is no room for one, an item's
+    product is shallower than PANEL_MIN_ITEM_DEPTH, or this BLAS would give other bits
+    (``blas_panels.agrees``)."""
     rows, depth = a.shape
     if rows < 2 or (per_item and depth < PANEL_MIN_ITEM_DEPTH):
         return None
