@@ -83,11 +83,22 @@ def shallow_panel(rows: int, depth: int) -> int | None:
     return width if width >= SHALLOW_PANEL_MIN_COLUMNS else None
 
 
+def _packed_columns(rows: int, depth: int) -> int:
+    """The fewest columns of ``rows x depth`` weights that take a product above PANEL_MADDS,
+    onto the packed kernels."""
+    return PANEL_MADDS // max(1, rows * depth) + 1
+
+
+def _widest_divisor(n: int, widest: int, least: int) -> int | None:
+    """The widest multiple of 16 from ``widest`` down to ``least`` that divides ``n``; None
+    where there is none."""
+    return next((w for w in range(widest // 16 * 16, least - 1, -16) if n % w == 0), None)
+
+
 def _whole_panels(rows: int, depth: int, columns: int, width: int) -> int:
     """How many panels of ``width`` come before one last product of the remaining columns,
     which is kept above PANEL_MADDS (see PANEL_MAX_DEPTH)."""
-    last = PANEL_MADDS // max(1, rows * depth) + 1
-    return max(0, (columns - last) // width)
+    return max(0, (columns - _packed_columns(rows, depth)) // width)
 
 
 def _panel_cover(rows: int, depth: int, columns: int, width: int, least: int) -> tuple[int, int]:
@@ -97,10 +108,9 @@ def _panel_cover(rows: int, depth: int, columns: int, width: int, least: int) ->
     so no last product on the packed kernels is needed (CIFAR-10's second layer forward:
     0.95-0.97x the time). Other counts of columns keep their last columns in one product
     above PANEL_MADDS (``_whole_panels``)."""
-    if columns % 16 == 0:
-        for w in range(width, least - 1, -16):
-            if columns % w == 0:
-                return w, columns // w
+    whole = _widest_divisor(columns, width, least)
+    if whole is not None:
+        return whole, columns // whole
     return width, _whole_panels(rows, depth, columns, width)
 
 
@@ -119,8 +129,7 @@ def _panels(a: np.ndarray, columns: int, per_item: bool = False) -> tuple[int, i
     if width < PANEL_MIN_COLUMNS:
         return None
     width, count = _panel_cover(rows, depth, columns, width, PANEL_MIN_COLUMNS)
-    tail = PANEL_MADDS // (rows * depth) + 1
-    if count < 1 or not blas_panels.agrees(rows, depth, width, tail, a.dtype):
+    if count < 1 or not blas_panels.agrees(rows, depth, width, _packed_columns(rows, depth), a.dtype):
         return None
     return width, count
 
@@ -204,8 +213,7 @@ def _depth_panel_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     same bits for the same operands. The plain product where no such width exists."""
     m, depth = a.shape[-2:]
     n = b.shape[1]
-    limit = min(depth // 2, PANEL_MADDS // max(1, m * n)) // 16 * 16
-    width = next((w for w in range(limit, DEPTH_PANEL_MIN - 1, -16) if depth % w == 0), None)
+    width = _widest_divisor(depth, min(depth // 2, PANEL_MADDS // max(1, m * n)), DEPTH_PANEL_MIN)
     if width is None or not b.flags.c_contiguous:
         return np.matmul(a, b)
     count = depth // width
