@@ -164,6 +164,7 @@ class Net:
 
         self._analyse_backward(say)
         self._fused_relus = self._find_fused_relus()
+        self._gated_relus = self._find_gated_relus()
         self._alias_concat_bottoms()
         if self.force_backward:
             for i, layer in enumerate(self.layers):
@@ -326,6 +327,29 @@ class Net:
                 fused.add(i)
         return fused
 
+    def _find_gated_relus(self) -> dict[int, tuple[tuple[int, int], ...]]:
+        """Per layer, ``(bottom index, ReLU index)`` for the in-place ReLUs (negative_slope 0)
+        whose backward that layer can run while it writes the bottom's gradient: the ReLU's
+        blob has that layer as its only reader after it, nothing later writes the blob, and
+        neither layer adds to the loss. Between the two backward passes nothing else then
+        reads or writes the blob's gradient, so the values are the same either way."""
+        gated: dict[int, list[tuple[int, int]]] = {}
+        for r, relu in enumerate(self.layers):
+            if (relu.type != "ReLU" or relu.param.relu_param.negative_slope != 0
+                    or len(self.bottom_vecs[r]) != 1 or len(self.top_vecs[r]) != 1
+                    or self.bottom_vecs[r][0] is not self.top_vecs[r][0] or any(relu.loss_weights)):
+                continue
+            blob = self.top_vecs[r][0]
+            readers = [(i, j) for i in range(r + 1, len(self.layers))
+                       for j, b in enumerate(self.bottom_vecs[i]) if b is blob]
+            written = any(t is blob for i in range(r + 1, len(self.layers)) for t in self.top_vecs[i])
+            if len(readers) != 1 or written:
+                continue
+            i, j = readers[0]
+            if self.layers[i].gates_relu and not any(self.layers[i].loss_weights):
+                gated.setdefault(i, []).append((j, r))
+        return {i: tuple(pairs) for i, pairs in gated.items()}
+
     # ------------------------------------------------------------------ running
     def forward(self, start: int = 0, end: int | None = None) -> np.float32:
         """Run layers ``start..end`` (inclusive); returns the summed weighted loss (float32).
@@ -350,12 +374,28 @@ class Net:
         return loss
 
     def backward(self, start: int | None = None, end: int = 0) -> None:
+        """Run the backward passes of layers ``start`` down to ``end`` (inclusive). A gated
+        ReLU's backward runs inside the layer that reads its blob when both are in the range
+        and both pass a gradient to that blob."""
         start = len(self.layers) - 1 if start is None else start
+        done = set()                            # ReLUs whose backward a later layer ran
         with parallel.blas_single_threaded():
             for i in range(start, end - 1, -1):
-                if self.layer_need_backward[i]:
-                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                            self.bottom_vecs[i])
+                if not self.layer_need_backward[i] or i in done:
+                    continue
+                layer, need = self.layers[i], self.bottom_need_backward[i]
+                pairs = [(j, r) for j, r in self._gated_relus.get(i, ())
+                         if r >= end and need[j] and self.layer_need_backward[r]
+                         and self.bottom_need_backward[r][0]]
+                flags = {j for j, _ in pairs}
+                layer.gate_bottoms = tuple(j in flags for j in range(len(need))) if pairs else ()
+                layer.gated_bottoms = False
+                try:
+                    layer.backward(self.top_vecs[i], need, self.bottom_vecs[i])
+                finally:
+                    layer.gate_bottoms = ()
+                if pairs and layer.gated_bottoms:
+                    done.update(r for _, r in pairs)
 
     def forward_backward(self) -> np.float32:
         loss = self.forward()

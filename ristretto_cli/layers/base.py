@@ -70,6 +70,19 @@ class Layer:
     rectify_top = False
     rectified_top = False
 
+    #: True where ``backward_cpu`` can pass a bottom's gradient through the in-place ReLU
+    #: that produced the bottom while writing it (``neuron.gate_gradient``, in cache): asked
+    #: to by the net's ``gate_bottoms`` (one flag per bottom) for a pass, it sets
+    #: ``gated_bottoms`` once it did so for every flagged bottom, else the net runs the
+    #: ReLU's backward itself (see ``Net``'s ReLU fusion).
+    gates_relu = False
+    gate_bottoms: tuple[bool, ...] = ()
+    gated_bottoms = False
+
+    def gates(self, index: int) -> bool:
+        """Whether this pass gates bottom ``index``'s gradient (see ``gates_relu``)."""
+        return index < len(self.gate_bottoms) and self.gate_bottoms[index]
+
     def __init__(self, param: caffe_pb2.LayerParameter, *, phase: int = TEST,
                  rng: np.random.Generator | None = None, semantics: str = "ristretto"):
         self.param = caffe_pb2.LayerParameter()

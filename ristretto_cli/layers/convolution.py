@@ -38,7 +38,7 @@ from ristretto_cli.layers.im2col import (
     scratch,
     to_cols,
 )
-from ristretto_cli.layers.neuron import rectify
+from ristretto_cli.layers.neuron import gate_gradient, rectify
 from ristretto_cli.layers.registry import register
 
 #: Elements of a chunk's top (or bottom) that the per-chunk hooks find still in cache.
@@ -514,13 +514,20 @@ class BaseConvolutionLayer(Layer):
             x = bb.data.reshape((self.num, c) + self.in_spatial)
             dx = _writable(bb, "diff", (self.num, c) + self.in_spatial) if need_x else None
             dw = self.blobs[0].diff if need_w else None
+            self._gate_dx = need_x and self.gates(i)
             self._backward(x, dy, w, dw, dx)
+        self.gated_bottoms = self.gates_relu
+
+    #: Whether ``_backward`` passes dx through the ReLU that made the bottom ``x``
+    #: (``gates_relu``), chunk by chunk while it is in cache.
+    _gate_dx = False
 
 
 @register("Convolution")
 class ConvolutionLayer(BaseConvolutionLayer):
     """Cross-correlation with zero padding, stride, dilation and groups (Caffe's Convolution)."""
     fuses_relu = True
+    gates_relu = True
 
     def _forward(self, x, w, bias, y):
         geo, g_ = self.geometry, self.group
@@ -605,6 +612,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
         bounds = self._chunk_bounds(step, least)
+        gate = self._gate_dx
+
+        def put_dx(n0: int, n1: int, values: np.ndarray | None = None) -> None:
+            """``dx[n0:n1] = values`` (None: already there), through the ReLU below where
+            gated."""
+            if gate:
+                gate_gradient(x[n0:n1], dx[n0:n1] if values is None else values, dx[n0:n1])
+            elif values is not None:
+                np.copyto(dx[n0:n1], values)
         if flipped is not None and dw is not None:
             # The weight gradient from the flipped columns: see _flipped_weight_target.
             dwg = self._weight_gradient(dw, (g_, fk, cg), len(bounds) - 1, self._flipped_weight_target(dw))
@@ -626,7 +642,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     if xt is not None:
                         dwg.add_shifted(slot, g, row_shift.shifted(rows_g, fgeo, n), xt[:, xg], og)
                     row_shift.row_product(frows[g], rows_g, fgeo, n, res[xg], width, count)
-                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, True))
+                put_dx(n0, n1, from_cols(res, n, geo.image, True))
                 return
             if flipped is not None:
                 # dx is the full correlation of dy with the flipped kernels
@@ -640,7 +656,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 res = scratch("gemm", (c, n * geo.image_size), x.dtype)
                 for g in range(g_):
                     parallel.matmul(wf[g], fcol[g * fk:(g + 1) * fk], res[g * cg:(g + 1) * cg])
-                np.copyto(dx[n0:n1], from_cols(res, n, geo.image, fbi))
+                put_dx(n0, n1, from_cols(res, n, geo.image, fbi))
                 return
             if geo.pointwise:
                 if dwg is not None:   # per item: the inputs are already column buffers
@@ -651,6 +667,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     dxc = dx[n0:n1].reshape(n, c, p)
                     for g in range(g_):
                         _product(wgt[g], dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
+                    put_dx(n0, n1)
                 return
             col = scratch("col", (c * geo.kernel_size, n * p), x.dtype)
             if dwg is not None:
@@ -664,6 +681,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 for g in range(g_):   # the column buffer is reused for the column gradient
                     _product(wgt[g], dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
                 col2im(col, geo, n, c, bi, out=dx[n0:n1])
+                put_dx(n0, n1)
         self._each_chunk_summed(bounds, backward_chunk, dwg)
         if dwg is not None:
             dwg.finish()

@@ -7,6 +7,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import Layer
+from ristretto_cli.layers.neuron import _each_block, gate_gradient, gate_in_blocks
 from ristretto_cli.layers.registry import register
 
 
@@ -32,6 +33,7 @@ class SplitLayer(Layer):
     exact_bottoms = 1
     min_tops = 1
     inplace_allowed = False
+    gates_relu = True
 
     def layer_setup(self, bottom, top):
         # Caffe forbids any top being the bottom, not only top 0.
@@ -49,6 +51,13 @@ class SplitLayer(Layer):
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        if self.gates(0):
+            # Through the ReLU that made the bottom, block by block while the sum is in cache
+            acc = np.empty_like(top[0].diff)
+            if _each_block([bottom[0].data, acc] + [t.diff for t in top], _gated_sum):
+                bottom[0].diff = acc
+                self.gated_bottoms = True
+                return
         if len(top) == 1:
             bottom[0].diff = top[0].diff.copy()
             return
@@ -56,6 +65,17 @@ class SplitLayer(Layer):
         for t in top[2:]:
             acc += t.diff
         bottom[0].diff = acc
+
+
+def _gated_sum(y: np.ndarray, out: np.ndarray, *dys: np.ndarray) -> None:
+    """``out`` = the sum of ``dys`` in order, through a ReLU whose output is ``y``."""
+    if len(dys) == 1:
+        gate_gradient(y, dys[0], out)
+        return
+    np.add(dys[0], dys[1], out=out)
+    for d in dys[2:]:
+        out += d
+    gate_gradient(y, out, out)
 
 
 @register("Flatten")
@@ -189,6 +209,7 @@ class ConcatLayer(Layer):
     """Joins the bottoms along one axis; with a single bottom the top aliases it."""
     min_bottoms = 1
     exact_tops = 1
+    gates_relu = True
 
     def layer_setup(self, bottom, top):
         p = self.param.concat_param
@@ -269,6 +290,7 @@ class ConcatLayer(Layer):
             if propagate_down[0]:
                 bottom[0].diff = dy
             return
+        self.gated_bottoms = True
         axis = self._axis
         stops = np.cumsum([b.shape[axis] for b in bottom])[:-1]
         pieces = np.split(dy, stops, axis=axis)
@@ -283,17 +305,20 @@ class ConcatLayer(Layer):
                 if dx is None or not b.has_diff or b.diff is not dx or dx.dtype != piece.dtype:
                     dx = b.diff = np.empty(piece.shape, piece.dtype)
                 mine[i] = dx
-                targets.append((piece, dx))
+                targets.append((piece, dx, b.data if self.gates(i) else None))
         if not targets:
             return
         if axis == 0:
-            for piece, dx in targets:
-                np.copyto(dx, piece)
+            for piece, dx, gate in targets:
+                np.copyto(dx, piece) if gate is None else gate_in_blocks(gate, piece, dx)
             return
 
         def copy(i0: int, i1: int) -> None:
-            for piece, dx in targets:
-                np.copyto(dx[i0:i1], piece[i0:i1])
+            for piece, dx, gate in targets:
+                if gate is None:
+                    np.copyto(dx[i0:i1], piece[i0:i1])
+                else:       # through the ReLU that made this bottom, while in cache
+                    gate_gradient(gate[i0:i1], piece[i0:i1], dx[i0:i1])
         parallel.for_ranges(dy.shape[0], copy, min_items=_min_rows(dy))
 
 

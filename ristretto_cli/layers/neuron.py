@@ -134,6 +134,21 @@ def _each_block(arrays, work) -> bool:
     return True
 
 
+def gate_gradient(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * (y > 0)``: the gradient through a ReLU (negative_slope 0) whose input or
+    output is ``y`` (the same sign). Multiplied, as Caffe does, not selected: an infinite
+    ``dy`` where ``y <= 0`` gives NaN. ``dx`` may be ``dy``."""
+    mask = scratch("relu_mask", y.shape, np.bool_)
+    np.greater(y, 0, out=mask)
+    np.multiply(dy, mask, out=dx)
+
+
+def gate_in_blocks(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``gate_gradient`` over cache-sized blocks, shared among the threads."""
+    if not _each_block((y, dy, dx), gate_gradient):
+        np.multiply(dy, y > 0, out=dx)
+
+
 def rectify(x: np.ndarray, y: np.ndarray) -> None:
     """``y = max(x, 0)``, where Caffe still adds 0 * min(x, 0): NaN for x = -inf (found
     cheaply first). ``y`` may be ``x``."""
@@ -172,12 +187,7 @@ class ReLULayer(NeuronLayer):
         dx = self.bottom_grad(top, bottom)
         ns = x.dtype.type(self.param.relu_param.negative_slope)
         if ns == 0:
-            def gate(xb: np.ndarray, dyb: np.ndarray, dxb: np.ndarray) -> None:
-                mask = scratch("relu_mask", xb.shape, np.bool_)
-                np.greater(xb, 0, out=mask)
-                np.multiply(dyb, mask, out=dxb)
-            if not _each_block((x, dy, dx), gate):
-                np.multiply(dy, x > 0, out=dx)
+            gate_in_blocks(x, dy, dx)
             return
         # (x > 0) + ns * (x <= 0): NaN inputs get 0, as in Caffe.
         work = self.scratch(dx, top, bottom)

@@ -29,7 +29,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
 from ristretto_cli.layers.im2col import axis_phases, scratch, scratch_with_layout
-from ristretto_cli.layers.neuron import rectify
+from ristretto_cli.layers.neuron import gate_gradient, gate_in_blocks, rectify
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
 
@@ -341,25 +341,31 @@ def ave_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
     return out
 
 
-def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None) -> np.ndarray:
+def ave_pool_backward(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = None,
+                      gate: np.ndarray | None = None) -> np.ndarray:
+    """The averages' gradient; through a ReLU whose output is ``gate`` where given (block by
+    block in cache, see ``neuron.gate_gradient``)."""
     if out is None:
         out = np.empty(_lead(dy) + geo.size, dy.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = dy / geo.ave_divisor(dy.dtype)
     if geo.whole_plane:
         np.copyto(out, np.broadcast_to(g, dy.shape[:-2] + geo.size))
+        if gate is not None:
+            gate_in_blocks(gate, out, out)
         return out
     if not dy.size:
         out.fill(0)
         return out
-    return _spread(g, geo, out)
+    return _spread(g, geo, out, gate)
 
 
 def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, gate: np.ndarray | None = None) -> np.ndarray:
     """Each output's gradient added to the cell its winner code names (0: nowhere), outputs
     in row-major order per plane: Caffe's loop, hence its summation order. ``k1`` is
-    ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid."""
+    ``(..., PH, PW)`` or, as ``max_pool_forward`` leaves it, a flat grid. Through a ReLU
+    whose output is ``gate`` where given (block by block in cache)."""
     if out is None:
         out = np.empty(_lead(dy) + geo.size, dy.dtype)
     if not dy.size:
@@ -367,8 +373,11 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
         return out
     m, (h, w) = geo.planes(dy, pooled=True), geo.size
     o3 = _planes_view(out, m, geo.size)
-    if o3 is None or not o3.flags.c_contiguous:     # go through a contiguous copy
-        np.copyto(out, route_backward(dy, k1, geo))
+    x3 = None if gate is None else _planes_view(gate, m, geo.size)
+    if o3 is None or not o3.flags.c_contiguous or (gate is not None and x3 is None):
+        np.copyto(out, route_backward(dy, k1, geo))     # through a contiguous copy
+        if gate is not None:
+            gate_in_blocks(gate, out, out)
         return out
     dy3 = dy.reshape((m,) + geo.pooled)
     k3 = geo.off_grid(k1, (m,)) if k1.ndim == 1 else k1.reshape((m,) + geo.pooled)
@@ -388,19 +397,26 @@ def route_backward(dy: np.ndarray, k1: np.ndarray, geo: PoolGeometry,
             d = np.where(none, 0, d)
             target[none] = np.nonzero(none)[0] * (h * w)
         np.add.at(ob, target.reshape(-1), d.reshape(-1))
+        if x3 is not None:
+            gate_gradient(x3[b0:b1], o3[b0:b1], o3[b0:b1])
     geo.run_blocks(m, h * w * dy.itemsize, work, ROUTE_BLOCK_BYTES)
     return out
 
 
-def _spread(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray) -> np.ndarray:
+def _spread(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray,
+            gate: np.ndarray | None = None) -> np.ndarray:
     """Adds every output's gradient to each input cell of its window, in Caffe's order
-    (reversed offsets, see ``offsets``)."""
+    (reversed offsets, see ``offsets``); through a ReLU whose output is ``gate`` where
+    given."""
     m, size, fl = geo.planes(dy, pooled=True), geo.grid_size, geo.flat_length()
     hq, wq = geo.grid
     dy3 = dy.reshape((m,) + geo.pooled)
     o3 = _planes_view(out, m, geo.size)
-    if o3 is None:      # a non-contiguous gradient: go through a contiguous copy
+    x3 = None if gate is None else _planes_view(gate, m, geo.size)
+    if o3 is None or (gate is not None and x3 is None):     # through a contiguous copy
         np.copyto(out, _spread(dy, geo, np.empty(out.shape, out.dtype)))
+        if gate is not None:
+            gate_in_blocks(gate, out, out)
         return out
 
     def work(b0: int, b1: int) -> None:
@@ -414,6 +430,8 @@ def _spread(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray) -> np.ndarray:
         for _, a, b, shift in geo.flat_offsets(reverse=True):
             accf[a, b, shift:hi + shift] += gf[:hi]
         geo.drain_phases(acc, o3[b0:b1])
+        if x3 is not None:
+            gate_gradient(x3[b0:b1], o3[b0:b1], o3[b0:b1])
     geo.run_blocks(m, _prod(geo.size) * dy.itemsize, work)
     return out
 
@@ -531,6 +549,7 @@ class PoolingLayer(Layer):
     min_tops = 1
     inplace_allowed = False
     fuses_relu = True       # MAX and AVE rectify their results block by block
+    gates_relu = True       # and pass gradients through a ReLU below them the same way
 
     def __init__(self, param, **kwargs):
         super().__init__(param, **kwargs)
@@ -656,15 +675,18 @@ class PoolingLayer(Layer):
         if not propagate_down[0]:
             return
         dy, geo = top[0].diff, self.geometry
+        gate = bottom[0].data if self.gates(0) else None
         if self.pool == AVE:
-            ave_pool_backward(dy, geo, out=bottom[0].diff)
+            ave_pool_backward(dy, geo, out=bottom[0].diff, gate=gate)
+            self.gated_bottoms = gate is not None
             return
         if self.pool == MAX and self._k1 is None:   # forward skipped the winners: find them
             _, self._k1 = max_pool_forward(bottom[0].data, geo, out=scratch("pool_redo", top[0].shape,
                                                                             dy.dtype),
                                            k1_grid=self._k1_buffer)
         if self._k1 is not None and not (geo.whole_plane and self.pool == MAX):
-            route_backward(dy, self._k1, geo, out=bottom[0].diff)
+            route_backward(dy, self._k1, geo, out=bottom[0].diff, gate=gate)
+            self.gated_bottoms = gate is not None
             return
         if self._k1 is not None:
             dx = np.zeros(bottom[0].shape, dy.dtype)
