@@ -240,6 +240,7 @@ def test_conv_row_blocks_match_direct_loops(monkeypatch):
     each its own small convolution of a slab of input rows; a budget of one element makes
     every output row a block."""
     monkeypatch.setattr(convolution, "BLOCK_COL_ELEMENTS", 1)
+    monkeypatch.setattr(convolution, "ROW_BLOCK_ELEMENTS", 1)
     monkeypatch.setattr(convolution, "BLOCK_MIN_COLUMNS", 1)
     blocks = []
     real = im2col.ConvGeometry.row_block

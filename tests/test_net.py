@@ -358,6 +358,7 @@ def test_row_blocks_keep_the_quantized_trimming_and_the_fused_relu(monkeypatch):
         blocked, _ = _conv_relu_pair(layer_type, extra, x)
         with monkeypatch.context() as m:
             m.setattr(convolution, "BLOCK_COL_ELEMENTS", 1)
+            m.setattr(convolution, "ROW_BLOCK_ELEMENTS", 1)
             m.setattr(convolution, "BLOCK_MIN_COLUMNS", 1)
             assert blocked.layers[1]._row_blocks(27) == [(r, r + 1) for r in range(6)]
             blocked.forward()
