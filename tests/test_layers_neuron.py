@@ -208,6 +208,21 @@ def test_relu_non_finite_inputs_follow_caffe_formula():
     np.testing.assert_array_equal(dx, [0.5, 1, 0, 0.5, 1])
 
 
+def test_rectify_against_an_array_of_zeros_gives_the_scalar_maximum_s_bits():
+    # The zeros come as an array (NumPy's SIMD loop); the bits are those of maximum(x, 0),
+    # signed zeros and NaN payloads included.
+    from ristretto_cli.layers.im2col import filled
+    from ristretto_cli.layers.neuron import rectify
+    special = np.array([-0.0, 0.0, np.nan, -np.nan, -1, 2, np.inf, F32(1e-45), -F32(1e-45)], F32)
+    x = np.concatenate([special, gauss((5, 7)).ravel()]).reshape(4, -1)
+    y = np.empty_like(x)
+    rectify(x, y)
+    np.testing.assert_array_equal(y.view(np.uint32), np.maximum(x, F32(0)).view(np.uint32))
+    zeros = filled(0, (3, 2), F32)
+    assert zeros.shape == (3, 2) and not zeros.any() and filled(0, (50,), F32).size == 50
+    assert (filled(-2.5, (4,), np.float64) == -2.5).all()
+
+
 @pytest.mark.parametrize("slope", [0.0, 0.01])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_relu_gradient(slope, in_place):

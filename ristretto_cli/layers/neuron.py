@@ -22,7 +22,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
-from ristretto_cli.layers.im2col import scratch
+from ristretto_cli.layers.im2col import filled, scratch
 from ristretto_cli.layers.registry import register
 
 
@@ -155,7 +155,7 @@ def rectify(x: np.ndarray, y: np.ndarray) -> None:
     neg_inf = None
     if not np.min(x, initial=0.0) > -np.inf:
         neg_inf = np.isneginf(x)
-    np.maximum(x, 0, out=y)
+    np.maximum(x, filled(0, x.shape, x.dtype), out=y)
     if neg_inf is not None:
         y[neg_inf] = np.nan
 

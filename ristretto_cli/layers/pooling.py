@@ -28,7 +28,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.layers.base import TRAIN, Layer
-from ristretto_cli.layers.im2col import axis_phases, scratch, scratch_with_layout
+from ristretto_cli.layers.im2col import axis_phases, filled, scratch, scratch_with_layout
 from ristretto_cli.layers.neuron import gate_gradient, gate_in_blocks, rectify
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
@@ -498,7 +498,7 @@ def max_pool_forward(x: np.ndarray, geo: PoolGeometry, out: np.ndarray | None = 
         _, a, b, shift = offsets[0]
         first = flat[a, b, shift:shift + hi]
         # The first offset against the -FLT_MAX start, as the loop below would do it
-        np.fmax(first, floor, out=bv)
+        np.fmax(first, filled(floor, bv.shape, x.dtype), out=bv)
         if k1_grid is None:     # the maxima only: one pass per offset instead of four
             for _, a, b, shift in offsets[1:]:
                 np.fmax(flat[a, b, shift:shift + hi], bv, out=bv)
