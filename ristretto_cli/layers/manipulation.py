@@ -7,7 +7,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import Layer
-from ristretto_cli.layers.neuron import _each_block, gate_gradient, gate_in_blocks
+from ristretto_cli.layers.neuron import each_block, gate_gradient, gate_in_blocks
 from ristretto_cli.layers.registry import register
 
 
@@ -54,7 +54,7 @@ class SplitLayer(Layer):
         if self.gates(0):
             # Through the ReLU that made the bottom, block by block while the sum is in cache
             acc = np.empty_like(top[0].diff)
-            if _each_block([bottom[0].data, acc] + [t.diff for t in top], _gated_sum):
+            if each_block([bottom[0].data, acc] + [t.diff for t in top], _gated_sum):
                 bottom[0].diff = acc
                 self.gated_bottoms = True
                 return
@@ -310,7 +310,10 @@ class ConcatLayer(Layer):
             return
         if axis == 0:
             for piece, dx, gate in targets:
-                np.copyto(dx, piece) if gate is None else gate_in_blocks(gate, piece, dx)
+                if gate is None:
+                    np.copyto(dx, piece)
+                else:
+                    gate_in_blocks(gate, piece, dx)
             return
 
         def copy(i0: int, i1: int) -> None:

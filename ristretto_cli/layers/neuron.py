@@ -109,7 +109,7 @@ def _flat_blocks(n: int, work) -> None:
     _blocks(n, BLOCK_ELEMENTS, n, work)
 
 
-def _each_block(arrays, work) -> bool:
+def each_block(arrays, work) -> bool:
     """``work(*blocks)`` over matching cache-sized blocks of same-shaped arrays, shared among
     the threads: runs of the flat arrays where all are contiguous, else runs of whole rows of
     the first axis where every row is contiguous (a Concat's slot of its top). False, doing
@@ -145,7 +145,7 @@ def gate_gradient(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
 
 def gate_in_blocks(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
     """``gate_gradient`` over cache-sized blocks, shared among the threads."""
-    if not _each_block((y, dy, dx), gate_gradient):
+    if not each_block((y, dy, dx), gate_gradient):
         np.multiply(dy, y > 0, out=dx)
 
 
@@ -170,7 +170,7 @@ class ReLULayer(NeuronLayer):
         dt = x.dtype.type
         ns = dt(self.param.relu_param.negative_slope)
         if ns == 0:
-            if not _each_block((x, y), rectify):
+            if not each_block((x, y), rectify):
                 rectify(x, y)
             return
         neg = np.minimum(x, 0)
