@@ -4,7 +4,7 @@ Two reports, each against a reference measured in the same run:
 
 * **Calls.** The time per call of two NumPy operations our layers make by the hundred per
   pass: an element-wise ufunc on a block that fits the cache (``maximum`` over 32768 float32
-  values, as ReLU and pooling use) and a scatter-add (``add.at``, as max pooling's backward
+  values against an array of zeros, as ReLU uses) and a scatter-add (``add.at``, as max pooling's backward
   routes gradients). Each runs in a loop on one thread, then on two threads of one process
   at once, then in two processes at once. Processes share the cores and the memory as
   threads do, but not the interpreter lock (GIL): where two threads are slower than two
@@ -49,8 +49,8 @@ def _operation(name: str):
     rng = np.random.default_rng(0)
     if name == "maximum":
         a = rng.standard_normal(1 << 15, dtype=np.float32)
-        out = np.empty_like(a)
-        return lambda: np.maximum(a, 0, out=out)
+        out, zeros = np.empty_like(a), np.zeros_like(a)     # zeros as an array, as ReLU has them
+        return lambda: np.maximum(a, zeros, out=out)
     out = np.zeros(1 << 20, np.float32)
     index = rng.integers(0, out.size, 1 << 18).astype(np.intp)
     values = rng.standard_normal(index.size, dtype=np.float32)
