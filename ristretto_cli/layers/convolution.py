@@ -517,13 +517,8 @@ class BaseConvolutionLayer(Layer):
             x = bb.data.reshape((self.num, c) + self.in_spatial)
             dx = _writable(bb, "diff", (self.num, c) + self.in_spatial) if need_x else None
             dw = self.blobs[0].diff if need_w else None
-            self._gate_dx = need_x and self.gates(i)
-            self._backward(x, dy, w, dw, dx)
+            self._backward(x, dy, w, dw, dx, need_x and self.gates(i))
         self.gated_bottoms = self.gates_relu
-
-    #: Whether ``_backward`` passes dx through the ReLU that made the bottom ``x``
-    #: (``gates_relu``), chunk by chunk while it is in cache.
-    _gate_dx = False
 
 
 @register("Convolution")
@@ -588,7 +583,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self._each_unit([(i, i + 1, r) for i in range(self.num) for r in row_blocks], forward_chunk)
         self.rectified_top = rectified
 
-    def _backward(self, x, dy, w, dw, dx):
+    def _backward(self, x, dy, w, dw, dx, gate: bool = False):
+        """dW and dx; with ``gate``, dx passes through the ReLU that made ``x`` (see
+        ``gates_relu``), chunk by chunk while it is in cache."""
         geo, g_ = self.geometry, self.group
         c, o, p = self.channels, self.num_output, geo.col_size
         cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
@@ -615,7 +612,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
         else:
             step = self._chunk(max(c * geo.kernel_size, o), p)
         bounds = self._chunk_bounds(step, least)
-        gate = self._gate_dx
 
         def put_dx(n0: int, n1: int, values: np.ndarray | None = None) -> None:
             """``dx[n0:n1] = values`` (None: already there), through the ReLU below where
@@ -770,7 +766,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
                 chunk_output(yc)
         parallel.for_bounds(self._chunk_bounds(step), forward_chunk)
 
-    def _backward(self, x, dy, w, dw, dx):
+    def _backward(self, x, dy, w, dw, dx, gate: bool = False):
+        # ``gate`` is never set: Deconvolution does not gate a ReLU (``gates_relu`` False).
         geo, g_ = self.geometry, self.group
         c, o, p = self.channels, self.num_output, geo.col_size
         cg, og, kg = c // g_, o // g_, (o // g_) * geo.kernel_size
