@@ -2,13 +2,19 @@
 
 Two reports, each against a reference measured in the same run:
 
-* **Calls.** The time per call of two NumPy operations our layers make by the hundred per
-  pass: an element-wise ufunc on a block that fits the cache (``maximum`` over 32768 float32
-  values against an array of zeros, as ReLU uses) and a scatter-add (``add.at``, as max pooling's backward
-  routes gradients). Each runs in a loop on one thread, then on two threads of one process
-  at once, then in two processes at once. Processes share the cores and the memory as
-  threads do, but not the interpreter lock (GIL): where two threads are slower than two
-  processes, the difference is the GIL's hand-overs, which every NumPy call takes part in.
+* **Calls.** The time per call of NumPy operations our layers make by the hundred per
+  pass: an element-wise ufunc on a block that fits the cache (``maximum`` over 32768 and
+  over 4096 float32 values against an array of zeros, as ReLU uses) and a scatter-add
+  (``add.at``, as max pooling's backward routes gradients). Each runs in a loop on one
+  thread, then on two threads of one process at once, then in two processes at once.
+  Processes share the cores and the memory as threads do, but not the interpreter lock
+  (GIL): where two threads are slower than two processes, the difference is the GIL's
+  hand-overs, which every NumPy call takes part in; they cost about as much per call
+  whatever its length, so short calls suffer most.
+* **Shared calls.** What handing work to the engine's threads costs by itself:
+  ``parallel.for_ranges`` over two empty ranges on two threads, called back to back and
+  after the caller has computed alone for a millisecond (against the same call on one
+  thread). Waking a worker that went to sleep dominates.
 * **Layers.** Our TRAIN-phase forward+backward pass of each net (the networks and random
   weights of ``bench_layers.py``), each layer's time inside whole passes (medians; passes at
   1 and at 2 threads alternate), the gain ``1t / 2t`` and the excess ``2t - 1t / 2`` over a
@@ -47,8 +53,8 @@ CALL_SECONDS = 1.5
 def _operation(name: str):
     """A fresh set of arrays and the call to time on them (each thread or process its own)."""
     rng = np.random.default_rng(0)
-    if name == "maximum":
-        a = rng.standard_normal(1 << 15, dtype=np.float32)
+    if name.startswith("maximum"):
+        a = rng.standard_normal(1 << (12 if name.endswith("short") else 15), dtype=np.float32)
         out, zeros = np.empty_like(a), np.zeros_like(a)     # zeros as an array, as ReLU has them
         return lambda: np.maximum(a, zeros, out=out)
     out = np.zeros(1 << 20, np.float32)
@@ -92,6 +98,28 @@ def call_costs(name: str) -> tuple[float, float, float]:
     for p in procs:
         p.join()
     return alone, statistics.mean(results), statistics.mean(in_procs)
+
+
+def shared_call_costs(threads: int, reps: int = 400) -> tuple[float, float]:
+    """Median seconds of ``parallel.for_ranges`` over ``threads`` empty ranges: called back to
+    back, and after the caller has computed alone for a millisecond (its workers idle)."""
+    from ristretto_cli import parallel
+
+    def empty(i0: int, i1: int) -> None:
+        pass
+    medians = []
+    with parallel.limited(threads), parallel.blas_single_threaded():
+        for pause in (0.0, 1e-3):
+            times = []
+            for _ in range(reps):
+                until = time.perf_counter() + pause
+                while time.perf_counter() < until:
+                    pass
+                t0 = time.perf_counter()
+                parallel.for_ranges(threads, empty)
+                times.append(time.perf_counter() - t0)
+            medians.append(statistics.median(times))
+    return medians[0], medians[1]
 
 
 # ----------------------------------------------------------------------------- layers
@@ -182,10 +210,16 @@ def main(argv=None) -> int:
           f"{sys.version.split()[0]}")
     print("\nmicroseconds per NumPy call: alone | each of 2 threads | each of 2 processes")
     for name, what in (("maximum", "maximum, 32768 float32 (in cache)"),
+                       ("maximum_short", "maximum, 4096 float32 (in cache)"),
                        ("add.at", "add.at, 262144 values into 1M")):
         alone, threads, procs = call_costs(name)
         print(f"  {what:36s} {1e6 * alone:9.1f} | {1e6 * threads:9.1f} ({threads / alone:.2f}x) | "
               f"{1e6 * procs:9.1f} ({procs / alone:.2f}x)")
+    print("\nmicroseconds per shared call (parallel.for_ranges, empty ranges): back to back | "
+          "after 1 ms alone")
+    for n in (1, 2):
+        hot, idle = shared_call_costs(n)
+        print(f"  {n} thread(s){'':26s} {1e6 * hot:9.1f} | {1e6 * idle:9.1f}")
     for key in keys:
         report_layers(key, passes, args.rows)
     print("\ngain = 1 thread / 2 threads; excess = 2 threads - 1 thread / 2 (what a perfect split "
