@@ -6,20 +6,27 @@
     net.blobs['data'].data[...] = image_batch
     out = net.forward()                       # {'prob': array(...)}
 
+Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
+``Net.forward_all`` / ``forward_backward_all``, ``Classifier`` and the solvers
+(``get_solver``, ``SGDSolver``, ...).
+
 Beyond pycaffe: ``semantics='caffe-cpu'`` selects the compatibility rules of the Ristretto
 number formats (see docs), and ``seed=`` seeds every random draw of the net.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections import OrderedDict
 
 import numpy as np
 
+from ristretto_cli import proto
+from ristretto_cli import pycaffe_io as io
 from ristretto_cli.blob import Blob
 from ristretto_cli.errors import RistrettoError
-from ristretto_cli.io import read_net_param, read_weights, write_caffemodel
+from ristretto_cli.io import read_net_param, read_solver_param, read_weights, write_caffemodel
 from ristretto_cli.net import Net as _EngineNet
 from ristretto_cli.proto import caffe_pb2
 
@@ -142,6 +149,13 @@ class Net:
         if weights:
             self.copy_from(weights)
 
+    @classmethod
+    def _wrapping(cls, engine_net: _EngineNet) -> Net:
+        """The pycaffe view of an engine net built elsewhere (a solver's)."""
+        net = cls.__new__(cls)
+        net._net = engine_net
+        return net
+
     # ------------------------------------------------------------------ pycaffe surface
     @property
     def blobs(self) -> OrderedDict:
@@ -215,6 +229,58 @@ class Net:
         names = set(self.inputs if end is None else self._net.layers[end_i].param.bottom) | set(diffs or [])
         return {name: self._net.blobs[name].diff for name in names}
 
+    def _batch(self, arrays: dict):
+        """``arrays`` (name -> values for many items) in batches of the net's batch size
+        (the first blob's), the last one padded with zeros."""
+        if not arrays:
+            return
+        num = len(next(iter(arrays.values())))
+        size = next(iter(self._net.blobs.values())).shape[0]
+        for i in range(0, num, size):
+            batch = {}
+            for name, values in arrays.items():
+                part = np.asarray(values[i:i + size])
+                if len(part) < size:
+                    part = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:], part.dtype)])
+                batch[name] = part
+            yield batch
+
+    @staticmethod
+    def _stacked(collected: dict, count: int) -> dict:
+        return {name: np.asarray(parts)[:count] for name, parts in collected.items()}
+
+    def forward_all(self, blobs=None, **kwargs) -> dict:
+        """``forward`` over inputs of any number of items, batch by batch (the last padded);
+        the outputs (and ``blobs``) for every item."""
+        if not kwargs:
+            raise RistrettoError("forward_all needs the inputs as keywords, e.g. "
+                                 "forward_all(data=images); a net that reads its own data: forward()")
+        outs = {name: [] for name in set(self.outputs) | set(blobs or [])}
+        for batch in self._batch(kwargs):
+            for name, values in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(values.copy())
+        count = len(next(iter(kwargs.values())))
+        return self._stacked(outs, count)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs) -> tuple[dict, dict]:
+        """``forward`` then ``backward`` batch by batch: keywords naming inputs are fed
+        forward, those naming outputs are their gradients. The outputs (and ``blobs``) and
+        the input gradients (and ``diffs``) for every item."""
+        if not kwargs:
+            raise RistrettoError("forward_backward_all needs the inputs (and output gradients) "
+                                 "as keywords, e.g. forward_backward_all(data=images, prob=grads)")
+        outs = {name: [] for name in set(self.outputs) | set(blobs or [])}
+        grads = {name: [] for name in set(self.inputs) | set(diffs or [])}
+        forward = self._batch({k: v for k, v in kwargs.items() if k in self.inputs})
+        backward = self._batch({k: v for k, v in kwargs.items() if k in self.outputs})
+        for fb, bb in itertools.zip_longest(forward, backward, fillvalue={}):
+            for name, values in self.forward(blobs=blobs, **fb).items():
+                outs[name].extend(values.copy())
+            for name, values in self.backward(diffs=diffs, **bb).items():
+                grads[name].extend(values.copy())
+        count = len(next(iter(kwargs.values())))
+        return self._stacked(outs, count), self._stacked(grads, count)
+
     def reshape(self) -> None:
         self._net.reshape()
 
@@ -231,4 +297,132 @@ class Net:
         return repr(self._net)
 
 
-__all__ = ["Net", "TEST", "TRAIN", "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]
+class Classifier(Net):
+    """pycaffe's Classifier: a TEST net with its input's Transformer, predicting from
+    ``(H, W, K)`` images (``caffe.io.load_image``), optionally over ten crops each."""
+
+    def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
+                 raw_scale=None, channel_swap=None):
+        super().__init__(model_file, pretrained_file, TEST)
+        in_ = self.inputs[0]
+        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
+        self.transformer.set_transpose(in_, (2, 0, 1))
+        if mean is not None:
+            self.transformer.set_mean(in_, mean)
+        if input_scale is not None:
+            self.transformer.set_input_scale(in_, input_scale)
+        if raw_scale is not None:
+            self.transformer.set_raw_scale(in_, raw_scale)
+        if channel_swap is not None:
+            self.transformer.set_channel_swap(in_, channel_swap)
+        self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
+        self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
+
+    def predict(self, inputs, oversample: bool = True) -> np.ndarray:
+        """Class scores per image: each image resized to ``image_dims``, then its centre crop
+        of the input's size, or the mean over its ten crops (``caffe.io.oversample``)."""
+        h, w = (int(d) for d in self.image_dims)
+        images = np.stack([io.resize_image(im, (h, w)) for im in inputs])
+        if oversample:
+            images = io.oversample(images, self.crop_dims)
+        else:
+            ch, cw = (int(d) for d in self.crop_dims)
+            top, left = int(h / 2.0 - ch / 2.0), int(w / 2.0 - cw / 2.0)
+            images = images[:, top:top + ch, left:left + cw, :]
+        in_ = self.inputs[0]
+        batch = np.stack([self.transformer.preprocess(in_, im) for im in images])
+        scores = self.forward_all(**{in_: batch})[self.outputs[0]]
+        if oversample:
+            scores = scores.reshape((len(scores) // 10, 10, -1)).mean(1)
+        return scores
+
+
+# ----------------------------------------------------------------------------- solvers
+class Solver:
+    """pycaffe's Solver: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``,
+    ``step(n)``, ``solve()``, ``restore(path)``, ``snapshot()``, ``apply_update()``,
+    ``share_weights(net)``. Logs as ``caffe train`` does; no progress bar."""
+
+    #: The update rule this class stands for (None: the solver file's ``type``).
+    solver_type: str | None = None
+
+    def __init__(self, solver_file, *, semantics: str = "ristretto"):
+        from ristretto_cli.solver import Solver as _EngineSolver
+        param = read_solver_param(str(solver_file))
+        if self.solver_type is not None:
+            param.type = self.solver_type
+        self._solver = _EngineSolver(param, semantics=semantics, show_progress=False)
+        self.net = Net._wrapping(self._solver.net)
+        self.test_nets = [Net._wrapping(n) for n in self._solver.test_nets]
+
+    @property
+    def iter(self) -> int:
+        return self._solver.iter
+
+    @property
+    def max_iter(self) -> int:
+        return self._solver.param.max_iter
+
+    @property
+    def param(self) -> caffe_pb2.SolverParameter:
+        return self._solver.param
+
+    @property
+    def engine(self):
+        """The underlying ``ristretto_cli.solver.Solver``."""
+        return self._solver
+
+    def step(self, iters: int) -> None:
+        self._solver.step(int(iters))
+
+    def solve(self, resume_file=None) -> None:
+        if resume_file:
+            self.restore(resume_file)
+        self._solver.solve()
+
+    def restore(self, state_file) -> None:
+        self._solver.restore(str(state_file))
+
+    def snapshot(self) -> None:
+        self._solver.snapshot()
+
+    def apply_update(self) -> None:
+        self._solver.apply_update()
+
+    def share_weights(self, net: Net) -> None:
+        """Let ``net`` use this solver's weights (by layer name), as a test net does."""
+        net.engine.share_trained_layers_with(self._solver.net)
+
+
+class SGDSolver(Solver):
+    solver_type = "SGD"
+
+
+class NesterovSolver(Solver):
+    solver_type = "Nesterov"
+
+
+class AdaGradSolver(Solver):
+    solver_type = "AdaGrad"
+
+
+class RMSPropSolver(Solver):
+    solver_type = "RMSProp"
+
+
+class AdaDeltaSolver(Solver):
+    solver_type = "AdaDelta"
+
+
+class AdamSolver(Solver):
+    solver_type = "Adam"
+
+
+def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
+    """The solver of the type the file names (SGD when it names none)."""
+    return Solver(solver_file, semantics=semantics)
+
+
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Net", "NesterovSolver",
+           "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "io", "proto",
+           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]

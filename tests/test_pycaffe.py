@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 from conftest import test_data
+from solver_support import B0, W0, T, X, reference_train, solver_param
 
 from ristretto_cli import pycaffe as caffe
+from ristretto_cli.io import format_message, read_solver_param
 
 DEPLOY = str(test_data("models/lenet/lenet.prototxt"))
 WEIGHTS = str(test_data("models/lenet/lenet_iter_10000.caffemodel"))
@@ -75,3 +77,115 @@ def test_semantics_keyword_and_bad_inputs():
         net.forward(nope=np.zeros(1))
     with pytest.raises(Exception, match="reshape the blob first"):
         net.forward(data=np.zeros((1, 1, 28, 28), np.float32))
+
+
+# ----------------------------------------------------------------------------- batches
+def test_forward_all_runs_any_number_of_items_in_batches():
+    images, labels = mnist_images()                      # 8 items, in batches of 3 (3 + 3 + 2)
+    net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    net.blobs["data"].reshape(3, 1, 28, 28)
+    net.reshape()
+    out = net.forward_all(data=images, blobs=["ip1"])
+    assert set(out) == {"prob", "ip1"}
+    assert out["prob"].shape == (8, 10) and out["ip1"].shape == (8, 500)
+    whole = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    whole.blobs["data"].reshape(8, 1, 28, 28)
+    whole.reshape()
+    want = whole.forward(data=images, blobs=["ip1"])
+    np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["ip1"], want["ip1"], rtol=1e-5, atol=1e-6)
+    assert list(out["prob"].argmax(axis=1)) == labels
+    with pytest.raises(Exception, match="inputs as keywords"):
+        net.forward_all()
+
+
+def test_forward_backward_all_gives_each_items_gradient():
+    images, _ = mnist_images()
+    dprob = np.random.default_rng(5).standard_normal((8, 10)).astype(np.float32)
+    net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    net.blobs["data"].reshape(5, 1, 28, 28)
+    net.reshape()
+    outs, grads = net.forward_backward_all(data=images, prob=dprob)
+    whole = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    whole.blobs["data"].reshape(8, 1, 28, 28)
+    whole.reshape()
+    want_out = whole.forward(data=images)["prob"].copy()
+    want_grad = whole.backward(prob=dprob)["data"]
+    assert outs["prob"].shape == (8, 10) and grads["data"].shape == (8, 1, 28, 28)
+    np.testing.assert_allclose(outs["prob"], want_out, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grads["data"], want_grad, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- Classifier
+CIFAR_DEPLOY = str(test_data("models/cifar10_quick/cifar10_quick.prototxt"))
+CIFAR_WEIGHTS = str(test_data("models/cifar10_quick_v1/cifar10_quick_iter_5000.caffemodel"))
+CIFAR_MEAN_RGB = np.array([125.3, 123.0, 113.9], np.float32)
+
+
+def test_classifier_predicts_from_loaded_images_as_opencv_does():
+    paths = sorted(test_data("images/foolbox_cifar10").glob("*.png"))
+    labels = [int(p.stem.rsplit("_", 1)[1]) for p in paths]
+    clf = caffe.Classifier(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=CIFAR_MEAN_RGB, raw_scale=255)
+    images = [caffe.io.load_image(p) for p in paths]
+    centre = clf.predict(images, oversample=False)
+    ten = clf.predict(images)
+    # OpenCV's importer on the same files: the images, and the images mirrored
+    cv_net = cv2.dnn.readNetFromCaffe(CIFAR_DEPLOY, CIFAR_WEIGHTS)
+    bgr = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    blob = cv2.dnn.blobFromImages(bgr, mean=(125.3, 123.0, 113.9), swapRB=True)
+    cv_net.setInput(blob)
+    plain = cv_net.forward().reshape(len(paths), 10)
+    cv_net.setInput(np.ascontiguousarray(blob[:, :, :, ::-1]))
+    mirrored = cv_net.forward().reshape(len(paths), 10)
+    np.testing.assert_allclose(centre, plain, rtol=1e-4, atol=1e-5)
+    # 32 x 32 images and crops: the five crops are the image, the other five its mirror
+    np.testing.assert_allclose(ten, (plain + mirrored) / 2, rtol=1e-4, atol=1e-5)
+    assert int((centre.argmax(axis=1) == np.array(labels)).sum()) >= 7
+
+
+# ----------------------------------------------------------------------------- solvers
+def _write_solver(tmp_path, kind: str) -> str:
+    param = solver_param(f'type: "{kind}" base_lr: 0.05 momentum: 0.9 momentum2: 0.999 lr_policy: "fixed" '
+                         f'max_iter: 6 random_seed: 1 snapshot_after_train: false '
+                         f'snapshot_prefix: "{tmp_path}/snap"')
+    path = tmp_path / "solver.prototxt"
+    path.write_text(format_message(param))
+    return str(path)
+
+
+def _feed(solver):
+    for net in [solver.net, *solver.test_nets]:
+        net.blobs["x"].data[...] = X
+        net.blobs["t"].data[...] = T
+    solver.net.params["ip"][0].data[...] = W0
+    solver.net.params["ip"][1].data[...] = B0
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda f: caffe.get_solver(f), "Adam"),           # the file's type
+    (lambda f: caffe.SGDSolver(f), "SGD"),             # the class's type, whatever the file says
+    (lambda f: caffe.NesterovSolver(f), "Nesterov"),
+    (lambda f: caffe.AdamSolver(f), "Adam"),
+])
+def test_solvers_step_as_the_spec_formulas(make, kind, tmp_path):
+    path = _write_solver(tmp_path, "Adam")
+    solver = make(path)
+    assert solver.param.type == kind and solver.max_iter == 6
+    _feed(solver)
+    solver.step(4)
+    assert solver.iter == 4
+    param = read_solver_param(path)
+    param.type = kind
+    want, _ = reference_train(param, 4)
+    for blob, w in zip(solver.net.params["ip"], want):
+        np.testing.assert_allclose(blob.data, w, rtol=2e-5, atol=2e-6)
+    solver.solve()
+    assert solver.iter == 6
+    solver.snapshot()
+    assert (tmp_path / "snap_iter_6.caffemodel").exists()
+    assert (tmp_path / "snap_iter_6.solverstate").exists()
+    again = make(path)
+    again.restore(str(tmp_path / "snap_iter_6.solverstate"))
+    assert again.iter == 6
+    for a, b in zip(again.net.params["ip"], solver.net.params["ip"]):
+        np.testing.assert_array_equal(a.data, b.data)
