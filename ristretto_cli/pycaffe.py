@@ -7,8 +7,9 @@
     out = net.forward()                       # {'prob': array(...)}
 
 Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
-``Net.forward_all`` / ``forward_backward_all``, ``Classifier`` and the solvers
-(``get_solver``, ``SGDSolver``, ...).
+``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, the solvers
+(``get_solver``, ``SGDSolver``, ...) and net specifications (``NetSpec``, ``layers``,
+``params``, ``to_proto``).
 
 Beyond pycaffe: ``semantics='caffe-cpu'`` selects the compatibility rules of the Ristretto
 number formats (see docs), and ``seed=`` seeds every random draw of the net.
@@ -24,11 +25,13 @@ import numpy as np
 
 from ristretto_cli import proto
 from ristretto_cli import pycaffe_io as io
+from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import Blob
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import read_net_param, read_solver_param, read_weights, write_caffemodel
 from ristretto_cli.net import Net as _EngineNet
 from ristretto_cli.proto import caffe_pb2
+from ristretto_cli.pycaffe_netspec import NetSpec, layers, params, to_proto
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -424,5 +427,6 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
 
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Net", "NesterovSolver",
-           "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "io", "proto",
-           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed"]
+           "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "io",
+           "layers", "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
+           "set_random_seed", "to_proto"]
