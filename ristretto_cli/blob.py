@@ -75,6 +75,58 @@ class Blob:
         return f"Blob({self.name!r}, shape={self.shape})"
 
 
+class BlobView:
+    """A blob as pycaffe shows it (its ``Blob``): ``data`` and ``diff`` as NumPy arrays,
+    ``shape``, ``count``, the legacy 4-D accessors and ``reshape(*shape)``. Given to Python
+    layers and to the pycaffe API."""
+
+    def __init__(self, blob: Blob):
+        self._blob = blob
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._blob.data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._blob.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self._blob.diff
+
+    @diff.setter
+    def diff(self, value) -> None:
+        self._blob.diff[...] = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._blob.shape
+
+    @property
+    def count(self) -> int:
+        return self._blob.count
+
+    def _legacy(self, axis: int) -> int:
+        shape = self._blob.shape
+        if len(shape) > 4:
+            raise RistrettoError("legacy accessors need a blob of at most 4 axes")
+        return shape[axis] if axis < len(shape) else 1  # Caffe pads missing axes with 1 on the right
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def reshape(self, *shape) -> None:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        self._blob.reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"<Blob shape={self.shape}>"
+
+
 def canonical_axis(axis: int, num_axes: int, what: str = "axis") -> int:
     """Caffe's CanonicalAxisIndex: negative counts from the end; out of range is an error."""
     if not -num_axes <= axis < num_axes:

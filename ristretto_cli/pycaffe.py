@@ -26,7 +26,7 @@ import numpy as np
 from ristretto_cli import proto
 from ristretto_cli import pycaffe_io as io
 from ristretto_cli import pycaffe_netspec as net_spec
-from ristretto_cli.blob import Blob
+from ristretto_cli.blob import BlobView as PyBlob
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import read_net_param, read_solver_param, read_weights, write_caffemodel
 from ristretto_cli.net import Net as _EngineNet
@@ -57,54 +57,26 @@ def set_random_seed(seed: int) -> None:
     _random_seed = int(seed)
 
 
-class PyBlob:
-    """pycaffe's Blob: ``data`` and ``diff`` as NumPy arrays, plus the legacy 4-D accessors."""
+class Layer:
+    """Base class of Python layers (``type: "Python"``, see ``layers/python_layer.py``), as
+    pycaffe's ``caffe.Layer``. The net sets ``param_str``, ``phase`` and ``blobs`` (parameter
+    blobs; ``self.blobs.add_blob(*shape)``) before ``setup``; override ``setup``, ``reshape``,
+    ``forward`` and ``backward``."""
 
-    def __init__(self, blob: Blob):
-        self._blob = blob
+    def __init__(self, param=None):
+        self.layer_param = param
 
-    @property
-    def data(self) -> np.ndarray:
-        return self._blob.data
+    def setup(self, bottom, top) -> None:
+        """Once, before the first reshape: read ``param_str``, check the bottoms."""
 
-    @data.setter
-    def data(self, value) -> None:
-        self._blob.data[...] = value
+    def reshape(self, bottom, top) -> None:
+        """Before every forward: ``top[i].reshape(*shape)``."""
 
-    @property
-    def diff(self) -> np.ndarray:
-        return self._blob.diff
+    def forward(self, bottom, top) -> None:
+        raise NotImplementedError("this Python layer has no forward")
 
-    @diff.setter
-    def diff(self, value) -> None:
-        self._blob.diff[...] = value
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._blob.shape
-
-    @property
-    def count(self) -> int:
-        return self._blob.count
-
-    def _legacy(self, axis: int) -> int:
-        shape = self._blob.shape
-        if len(shape) > 4:
-            raise RistrettoError("legacy accessors need a blob of at most 4 axes")
-        return shape[axis] if axis < len(shape) else 1  # Caffe pads missing axes with 1 on the right
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
-
-    def reshape(self, *shape) -> None:
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        self._blob.reshape(shape)
-
-    def __repr__(self) -> str:
-        return f"<Blob shape={self.shape}>"
+    def backward(self, top, propagate_down, bottom) -> None:
+        raise NotImplementedError("this Python layer has no backward")
 
 
 class PyLayer:
@@ -426,7 +398,7 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
     return Solver(solver_file, semantics=semantics)
 
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Net", "NesterovSolver",
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Layer", "Net", "NesterovSolver",
            "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "io",
            "layers", "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
            "set_random_seed", "to_proto"]

@@ -97,6 +97,8 @@ CASES = {
     "Pooling": ('type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
                 lambda: [distinct(2, 2, 5, 5)], {}),
     "Power": ('type: "Power" power_param { power: 3 scale: 0.7 shift: 0.2 }', lambda: [normal(2, 3)], {}),
+    "Python": ('type: "Python" python_param { module: "pylayers" layer: "ScaleShift" param_str: "{\\"scale\\": 1.5}" }',
+               lambda: [normal(2, 3, 4)], {}),       # tests/pylayers.py: y = w x + b
     "ReLU": ('type: "ReLU" relu_param { negative_slope: 0.1 }', lambda: [away_from(normal(2, 3, 4))], {}),
     "Reduction": ('type: "Reduction" reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 }',
                   lambda: [normal(2, 3, 4)], {}),

@@ -105,7 +105,7 @@ class Layer:
         try:
             self._setup(bottom, top)
         except RistrettoError as exc:
-            raise exc.located(layer=self.name) from None
+            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
 
     def _setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.check_blob_counts(bottom, top)
@@ -132,7 +132,7 @@ class Layer:
             with parallel.blas_single_threaded():
                 self.forward_cpu(bottom, top)
         except RistrettoError as exc:
-            raise exc.located(layer=self.name) from None
+            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
         loss = np.float32(0)
         for t, w in zip(top, self.loss_weights):
             if w != 0:
@@ -149,7 +149,7 @@ class Layer:
             with parallel.blas_single_threaded():
                 self.backward_cpu(top, propagate_down, bottom)
         except RistrettoError as exc:
-            raise exc.located(layer=self.name) from None
+            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
 
     def backward_cpu(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         raise self.error(f"{self.type} layer has no backward pass, but the net needs one")
