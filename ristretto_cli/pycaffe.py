@@ -369,28 +369,18 @@ class Solver:
         net.engine.share_trained_layers_with(self._solver.net)
 
 
-class SGDSolver(Solver):
-    solver_type = "SGD"
+def _solver_class(kind: str) -> type[Solver]:
+    """pycaffe's solver class of one update rule."""
+    doc = f"pycaffe's ``{kind}Solver``: the {kind} update rule, whatever the file's ``type`` says."
+    return type(f"{kind}Solver", (Solver,), {"solver_type": kind, "__doc__": doc})
 
 
-class NesterovSolver(Solver):
-    solver_type = "Nesterov"
-
-
-class AdaGradSolver(Solver):
-    solver_type = "AdaGrad"
-
-
-class RMSPropSolver(Solver):
-    solver_type = "RMSProp"
-
-
-class AdaDeltaSolver(Solver):
-    solver_type = "AdaDelta"
-
-
-class AdamSolver(Solver):
-    solver_type = "Adam"
+SGDSolver = _solver_class("SGD")
+NesterovSolver = _solver_class("Nesterov")
+AdaGradSolver = _solver_class("AdaGrad")
+RMSPropSolver = _solver_class("RMSProp")
+AdaDeltaSolver = _solver_class("AdaDelta")
+AdamSolver = _solver_class("Adam")
 
 
 def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
