@@ -51,6 +51,12 @@ def set_device(device_id: int) -> None:
     """Accepted for compatibility (CPU only)."""
 
 
+def layer_type_list() -> list[str]:
+    """The layer types a net may use (prototxt ``type`` strings), sorted."""
+    from ristretto_cli.layers import LAYER_TYPES
+    return sorted(LAYER_TYPES)
+
+
 def set_random_seed(seed: int) -> None:
     """Seed the nets created afterwards (fillers, dropout, stochastic rounding, data)."""
     global _random_seed
@@ -152,6 +158,22 @@ class Net:
     @property
     def _layer_names(self) -> list[str]:
         return list(self._net.layer_names)
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self._net.blobs)
+
+    @property
+    def top_names(self) -> OrderedDict:
+        """Layer name -> the names of its top blobs."""
+        return OrderedDict((name, [b.name for b in tops])
+                           for name, tops in zip(self._net.layer_names, self._net.top_vecs))
+
+    @property
+    def bottom_names(self) -> OrderedDict:
+        """Layer name -> the names of its bottom blobs."""
+        return OrderedDict((name, [b.name for b in bottoms])
+                           for name, bottoms in zip(self._net.layer_names, self._net.bottom_vecs))
 
     @property
     def inputs(self) -> list[str]:
@@ -388,7 +410,7 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
     return Solver(solver_file, semantics=semantics)
 
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Layer", "Net", "NesterovSolver",
-           "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "get_solver", "io",
-           "layers", "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
-           "set_random_seed", "to_proto"]
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Layer", "Net",
+           "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
+           "get_solver", "io", "layer_type_list", "layers", "net_spec", "params", "proto",
+           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "to_proto"]

@@ -189,3 +189,14 @@ def test_solvers_step_as_the_spec_formulas(make, kind, tmp_path):
     assert again.iter == 6
     for a, b in zip(again.net.params["ip"], solver.net.params["ip"]):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_blob_and_layer_names():
+    net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    assert net.top_names["conv1"] == ["conv1"] and net.bottom_names["conv1"] == ["data"]
+    assert net.top_names["relu1"] == ["ip1"] == net.bottom_names["relu1"]     # in place
+    assert net.bottom_names["data"] == [] and net.top_names["prob"] == ["prob"]
+    assert list(net.top_names) == net._layer_names
+    assert net._blob_names == list(net.blobs) and net._blob_names[0] == "data"
+    types = caffe.layer_type_list()
+    assert types == sorted(types) and {"Convolution", "Python", "SoftmaxWithLoss"} <= set(types)
