@@ -334,6 +334,99 @@ class Classifier(Net):
         return scores
 
 
+class Detector(Net):
+    """pycaffe's Detector (R-CNN style): classifies windows of images, each warped to the
+    net's input size, optionally with ``context_pad`` pixels of surrounding context (the
+    part past the image filled with the mean, as R-CNN's feature extraction)."""
+
+    def __init__(self, model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
+                 channel_swap=None, context_pad=None):
+        super().__init__(model_file, pretrained_file, TEST)
+        in_ = self.inputs[0]
+        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
+        self.transformer.set_transpose(in_, (2, 0, 1))
+        if mean is not None:
+            self.transformer.set_mean(in_, mean)
+        if input_scale is not None:
+            self.transformer.set_input_scale(in_, input_scale)
+        if raw_scale is not None:
+            self.transformer.set_raw_scale(in_, raw_scale)
+        if channel_swap is not None:
+            self.transformer.set_channel_swap(in_, channel_swap)
+        self.configure_crop(context_pad)
+
+    def configure_crop(self, context_pad) -> None:
+        """The crop size (the input's, as ``(H, W, K)``), the context border, and the mean in
+        image space (unscaled, channels in the image's order) that fills context past the
+        image."""
+        in_ = self.inputs[0]
+        shape = self.blobs[in_].data.shape
+        self.crop_dims = np.array((shape[2], shape[3], shape[1]))
+        self.context_pad = context_pad
+        if not context_pad:
+            return
+        mean = self.transformer.mean.get(in_)
+        if mean is None:
+            self.crop_mean = np.zeros(self.crop_dims, np.float32)
+            return
+        crop_mean = np.array(mean, dtype=np.float32).transpose(1, 2, 0)
+        swap = self.transformer.channel_swap.get(in_)
+        if swap is not None:
+            crop_mean = crop_mean[:, :, np.argsort(swap)]
+        raw_scale = self.transformer.raw_scale.get(in_)
+        if raw_scale is not None:
+            crop_mean = crop_mean / raw_scale
+        self.crop_mean = crop_mean
+
+    def crop(self, im, window) -> np.ndarray:
+        """The window ``(ymin, xmin, ymax, xmax)`` of an ``(H, W, K)`` image; with context,
+        the box grown so that ``context_pad`` input pixels on each side are context, resized
+        and placed in a mean-filled crop of the input's size (R-CNN's arithmetic; halves
+        round to even)."""
+        window = np.asarray(window)
+        if not self.context_pad:
+            return im[window[0]:window[2], window[1]:window[3]]
+        size = int(self.blobs[self.inputs[0]].width)        # square inputs, as pycaffe assumes
+        scale = size / (1.0 * size - 2 * self.context_pad)
+        half_h = (window[2] - window[0] + 1) / 2.0
+        half_w = (window[3] - window[1] + 1) / 2.0
+        centre = (window[0] + half_h, window[1] + half_w)
+        box = np.round(np.tile(centre, 2) + scale * np.array((-half_h, -half_w, half_h, half_w)))
+        scale_h = size / (box[2] - box[0] + 1)
+        scale_w = size / (box[3] - box[1] + 1)
+        pad_y = int(round(max(0.0, -box[0]) * scale_h))     # rows of context past the image
+        pad_x = int(round(max(0.0, -box[1]) * scale_w))
+        im_h, im_w = im.shape[:2]
+        box = np.clip(box, 0.0, [im_h, im_w, im_h, im_w]).astype(int)
+        clip_h, clip_w = box[2] - box[0] + 1, box[3] - box[1] + 1
+        crop_h = min(int(round(clip_h * scale_h)), size - pad_y)
+        crop_w = min(int(round(clip_w * scale_w)), size - pad_x)
+        context = io.resize_image(im[box[0]:box[2], box[1]:box[3]], (crop_h, crop_w))
+        out = np.ones(self.crop_dims, np.float32) * self.crop_mean
+        out[pad_y:pad_y + crop_h, pad_x:pad_x + crop_w] = context
+        return out
+
+    def detect_windows(self, images_windows) -> list[dict]:
+        """``(image file, windows)`` pairs -> one ``{'window', 'prediction', 'filename'}`` per
+        window, in order."""
+        pairs = [(name, list(windows)) for name, windows in images_windows]
+        crops = []
+        for name, windows in pairs:
+            image = io.load_image(name)
+            crops.extend(self.crop(image, window) for window in windows)
+        if not crops:
+            return []
+        in_ = self.inputs[0]
+        batch = np.stack([self.transformer.preprocess(in_, c) for c in crops])
+        predictions = self.forward_all(**{in_: batch})[self.outputs[0]]
+        detections = []
+        for name, windows in pairs:
+            for window in windows:
+                detections.append({"window": window, "prediction": predictions[len(detections)],
+                                   "filename": name})
+        return detections
+
+
 # ----------------------------------------------------------------------------- solvers
 class Solver:
     """pycaffe's Solver: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``,
@@ -410,7 +503,7 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
     return Solver(solver_file, semantics=semantics)
 
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Layer", "Net",
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "Net",
            "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
            "get_solver", "io", "layer_type_list", "layers", "net_spec", "params", "proto",
            "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "to_proto"]

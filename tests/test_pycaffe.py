@@ -200,3 +200,39 @@ def test_blob_and_layer_names():
     assert net._blob_names == list(net.blobs) and net._blob_names[0] == "data"
     types = caffe.layer_type_list()
     assert types == sorted(types) and {"Convolution", "Python", "SoftmaxWithLoss"} <= set(types)
+
+
+# ----------------------------------------------------------------------------- Detector
+def test_detector_classifies_windows_as_opencv_does(tmp_path):
+    """Four CIFAR-10 images tiled into one file; the windows are the tiles."""
+    paths = sorted(test_data("images/foolbox_cifar10").glob("*.png"))[:4]
+    bgr = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    cv2.imwrite(str(tmp_path / "tiles.png"), np.vstack([np.hstack(bgr[:2]), np.hstack(bgr[2:])]))
+    windows = [np.array(w) for w in ((0, 0, 32, 32), (0, 32, 32, 64), (32, 0, 64, 32), (32, 32, 64, 64))]
+    det = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=CIFAR_MEAN_RGB, raw_scale=255)
+    found = det.detect_windows([(str(tmp_path / "tiles.png"), windows)])
+    assert [d["window"] is w for d, w in zip(found, windows)] == [True] * 4
+    assert {d["filename"] for d in found} == {str(tmp_path / "tiles.png")}
+    cv_net = cv2.dnn.readNetFromCaffe(CIFAR_DEPLOY, CIFAR_WEIGHTS)
+    cv_net.setInput(cv2.dnn.blobFromImages(bgr, mean=(125.3, 123.0, 113.9), swapRB=True))
+    want = cv_net.forward().reshape(4, 10)
+    np.testing.assert_allclose(np.stack([d["prediction"] for d in found]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_detector_context_crops_by_hand():
+    """R-CNN's context box for a 32-pixel input and context_pad 4 (scale 32 / 24), worked by
+    hand for a window inside the image and one at its corner."""
+    det = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=CIFAR_MEAN_RGB, raw_scale=255, context_pad=4)
+    im = np.random.default_rng(6).random((32, 32, 3)).astype(np.float32)
+    # (8, 8, 24, 24): half 8.5, centre 16.5, box round(16.5 -+ 11.33) = (5, 5, 28, 28), 24 rows
+    # of box for 32 input rows: the clipped 24 rows fill the input, no context past the image.
+    np.testing.assert_array_equal(det.crop(im, (8, 8, 24, 24)), caffe.io.resize_image(im[5:28, 5:28], (32, 32)))
+    # (0, 0, 16, 16): box (-3, -3, 20, 20); 3 rows past the image -> round(3 * 32 / 24) = 4
+    # input rows of mean; the clipped box's 21 rows -> round(21 * 32 / 24) = 28 input rows.
+    crop = det.crop(im, (0, 0, 16, 16))
+    mean_rgb = CIFAR_MEAN_RGB / 255
+    np.testing.assert_allclose(crop[:4], np.broadcast_to(mean_rgb, (4, 32, 3)), rtol=1e-6)
+    np.testing.assert_allclose(crop[:, :4], np.broadcast_to(mean_rgb, (32, 4, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(crop[4:, 4:], caffe.io.resize_image(im[0:20, 0:20], (28, 28)))
+    plain = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS)
+    np.testing.assert_array_equal(plain.crop(im, (2, 3, 10, 12)), im[2:10, 3:12])
