@@ -7,7 +7,7 @@
     out = net.forward()                       # {'prob': array(...)}
 
 Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
-``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, the solvers
+``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, ``Detector``, the solvers
 (``get_solver``, ``SGDSolver``, ...) and net specifications (``NetSpec``, ``layers``,
 ``params``, ``to_proto``).
 
