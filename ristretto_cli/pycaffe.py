@@ -332,7 +332,7 @@ class Classifier(Net):
             images = io.oversample(images, self.crop_dims)
         else:
             ch, cw = (int(d) for d in self.crop_dims)
-            top, left = int(h / 2.0 - ch / 2.0), int(w / 2.0 - cw / 2.0)
+            top, left = io.centre_crop_origin((h, w), (ch, cw))
             images = images[:, top:top + ch, left:left + cw, :]
         in_ = self.inputs[0]
         batch = np.stack([self.transformer.preprocess(in_, im) for im in images])

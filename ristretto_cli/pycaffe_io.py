@@ -142,15 +142,20 @@ def resize_image(im, new_dims, interp_order: int = 1) -> np.ndarray:
     return out
 
 
+def centre_crop_origin(image_dims, crop_dims) -> tuple[int, int]:
+    """Top-left corner of the centre crop, where pycaffe's float arithmetic puts it
+    (truncated): shared by ``oversample`` and ``Classifier.predict``."""
+    (h, w), (ch, cw) = image_dims[:2], crop_dims[:2]
+    return int(h / 2.0 - ch / 2.0), int(w / 2.0 - cw / 2.0)
+
+
 def oversample(images, crop_dims) -> np.ndarray:
     """Ten crops of each ``(H, W, K)`` image: the four corners and the centre, then the
     same five mirrored left to right; ``(10 * N, crop_h, crop_w, K)`` float32."""
     shape = np.array(images[0].shape)
     ch, cw = (int(d) for d in crop_dims)
     corners = [(i, j) for i in (0, shape[0] - ch) for j in (0, shape[1] - cw)]
-    # The centre crop starts where pycaffe's float arithmetic puts it (truncated).
-    centre = (int(shape[0] / 2.0 - ch / 2.0), int(shape[1] / 2.0 - cw / 2.0))
-    starts = corners + [centre]
+    starts = corners + [centre_crop_origin(shape, (ch, cw))]
     crops = np.empty((10 * len(images), ch, cw, shape[-1]), np.float32)
     for n, im in enumerate(images):
         window = np.stack([im[i:i + ch, j:j + cw, :] for i, j in starts])
