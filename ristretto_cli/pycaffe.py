@@ -29,6 +29,7 @@ from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import BlobView as PyBlob
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io import read_net_param, read_solver_param, read_weights, write_caffemodel
+from ristretto_cli.layers import LAYER_TYPES
 from ristretto_cli.net import Net as _EngineNet
 from ristretto_cli.proto import caffe_pb2
 from ristretto_cli.pycaffe_netspec import NetSpec, layers, params, to_proto
@@ -53,7 +54,6 @@ def set_device(device_id: int) -> None:
 
 def layer_type_list() -> list[str]:
     """The layer types a net may use (prototxt ``type`` strings), sorted."""
-    from ristretto_cli.layers import LAYER_TYPES
     return sorted(LAYER_TYPES)
 
 
