@@ -163,3 +163,72 @@ def test_long_reductions_go_in_depth_panels_summed_in_order():
     np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-3)
     assert not np.array_equal(got, plain)       # another order of summation indeed
     np.testing.assert_array_equal(odd.view(np.uint32), odd_plain.view(np.uint32))
+
+
+@pytest.fixture
+def fresh_swaps(monkeypatch):
+    """Private memories of the swapped products' checks and timings."""
+    monkeypatch.setattr(blas_panels, "_swap_agreed", {})
+    monkeypatch.setattr(convolution, "_swap_timed", {})
+
+
+@pytest.mark.parametrize("rows, depth, columns", [(32, 800, 1280), (64, 800, 1088), (50, 500, 2048),
+                                                  (32, 400, 1000)])
+def test_swapped_products_equal_the_plain_product(rows, depth, columns, fresh_swaps):
+    """``(a @ b).T`` as ``b.T @ a.T``: the same sums with rows and columns exchanged, on the
+    nets' deep few-row shapes (CIFAR-10's second and third layers, LeNet's second), bit for
+    bit wherever the check says so, and on OpenBLAS it does."""
+    from threadpoolctl import threadpool_info
+    rng = np.random.default_rng(rows * columns)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    b = rng.standard_normal((depth, columns)).astype(np.float32)
+    swapped = np.empty((columns, rows), np.float32)
+    with parallel.blas_single_threaded():
+        blas_panels.swapped_product(a, b, swapped)
+        plain = np.matmul(a, b)
+    np.testing.assert_allclose(swapped.T, plain, rtol=1e-4, atol=1e-4)
+    agreed = blas_panels.swap_agrees(rows, depth, columns)
+    if agreed:
+        np.testing.assert_array_equal(np.ascontiguousarray(swapped.T).view(np.uint32), plain.view(np.uint32))
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+    if blas and blas[0].get("internal_api") == "openblas":
+        assert agreed
+
+
+def test_a_swap_with_other_bits_is_caught_by_the_check(monkeypatch, fresh_swaps):
+    """A 'swapped' product that sums the depth in two parts of 300 and 500 rounds differently
+    (the BLAS sums 800 as 400 + 400): the check on random operands sees it, and the
+    convolution then never takes it."""
+    def parts(a, b, out_t):
+        np.add(b[:300].T @ a[:, :300].T, b[300:].T @ a[:, 300:].T, out=out_t)
+    monkeypatch.setattr(blas_panels, "swapped_product", parts)
+    assert not blas_panels.swap_agrees(32, 800, 1280)
+    monkeypatch.setattr(convolution, "_swap_pays", lambda *args: True)
+    with parallel.limited(1):
+        assert not convolution._swaps(32, 800, 1280, np.float32)
+
+
+@pytest.mark.parametrize("spec_extra, shape", [
+    ("num_output: 32 kernel_size: 5 pad: 2", (10, 32, 16, 16)),          # CIFAR-10's conv2
+    ("num_output: 64 kernel_size: 5 pad: 2", (10, 32, 8, 8)),            # conv3, batch innermost
+    ("num_output: 40 kernel_size: 5 group: 2 bias_term: false", (6, 64, 12, 12))])
+def test_convolution_forward_swapped_keeps_the_bits(spec_extra, shape, monkeypatch, fresh_swaps):
+    """The forward with every eligible product swapped (and stored from its transpose, per
+    group, bias fused) gives the top bit for bit as with swapping turned off."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    spec = ('type: "Convolution" convolution_param { ' + spec_extra +
+            ' weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
+    monkeypatch.setattr(convolution, "_swap_pays", lambda *args: True)
+    used = []
+    real = blas_panels.swapped_product
+    monkeypatch.setattr(blas_panels, "swapped_product", lambda *a: used.append(a[0].shape) or real(*a))
+    tops = []
+    with parallel.limited(1):
+        for max_rows in (convolution.SWAP_MAX_ROWS, 0):
+            monkeypatch.setattr(convolution, "SWAP_MAX_ROWS", max_rows)
+            layer, bottoms, top = setup(spec, [x])
+            layer.forward(bottoms, top)
+            tops.append(top[0].data.copy())
+    assert used, "no product was swapped"
+    np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))

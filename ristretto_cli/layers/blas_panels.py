@@ -99,3 +99,35 @@ def agrees(rows: int, depth: int, width: int, tail: int, dtype=np.float32) -> bo
         with _agreed_lock:
             _agreed[key] = known
     return known
+
+
+_swap_agreed: dict[tuple, bool] = {}
+
+
+def swapped_product(a: np.ndarray, b: np.ndarray, out_t: np.ndarray) -> None:
+    """``out_t = (a @ b).T`` computed as ``b.T @ a.T``: the BLAS then runs ``a``'s rows as its
+    columns, which packs the long operand differently (see ``swap_agrees``)."""
+    np.matmul(b.T, a.T, out=out_t)
+
+
+def swap_agrees(rows: int, depth: int, columns: int, dtype=np.float32) -> bool:
+    """Whether ``swapped_product`` gives the plain product's bits for ``rows x depth`` weights
+    over ``columns`` columns on this BLAS on one thread: each element is the same sum with
+    the roles of rows and columns exchanged, which a BLAS that splits the depth alike in both
+    orientations sums in the same order. Checked once per shape on random operands and
+    remembered, as ``agrees`` does for panels."""
+    key = (rows, depth, columns, np.dtype(dtype).str)
+    with _agreed_lock:
+        known = _swap_agreed.get(key)
+    if known is None:
+        rng = np.random.default_rng(depth * 137 + rows)
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        b = rng.standard_normal((depth, columns)).astype(dtype)
+        with parallel.blas_single_threaded():
+            plain = np.matmul(a, b)
+            swapped = np.empty((columns, rows), dtype)
+            swapped_product(a, b, swapped)
+        known = bool(np.array_equal(plain.view(np.uint8), np.ascontiguousarray(swapped.T).view(np.uint8)))
+        with _agreed_lock:
+            _swap_agreed[key] = known
+    return known

@@ -18,6 +18,8 @@ accumulate into ``self.blobs``.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ristretto_cli import parallel
@@ -75,6 +77,55 @@ PANEL_MIN_ITEM_DEPTH = 64
 PANEL_MAX_DEPTH = 384
 SHALLOW_PANEL_COLUMNS = 256
 SHALLOW_PANEL_MIN_COLUMNS = 32
+#: Forward products with at most SWAP_MAX_ROWS rows (output channels per group) and a depth
+#: of at least SWAP_DEPTH_PER_ROW times that may run with the BLAS's rows and columns swapped
+#: (``blas_panels.swapped_product``, the same bits). Which is faster depends on the core: on
+#: an Intel Xeon with AVX-512 (measured with the store into the top) 32 x 800 (CIFAR-10's
+#: ``conv2``) took 0.78-0.80x the time swapped, 64 x 800 0.87x, 50 x 500 (LeNet's ``conv2``)
+#: 0.83x, 32 x 400 0.76x, but 64 x 400 1.03x, 128 x 288 or more rows 1.09-1.22x and the
+#: shallow first layers 1.06-1.4x, hence the rule; on AMD's Zen 4 the swapped 32 x 800 product
+#: gained nothing. So each shape is also timed once both ways (``_swap_pays``).
+SWAP_MAX_ROWS = 64
+SWAP_DEPTH_PER_ROW = 8
+#: The swapped product is taken where it ran in at most this fraction of the usual one's time
+#: (the store from its transpose costs a little more).
+SWAP_MAX_TIME_RATIO = 0.95
+SWAP_TIMINGS = 9
+
+
+_swap_timed: dict[tuple, bool] = {}
+
+
+def _swap_pays(rows: int, depth: int, columns: int, dtype) -> bool:
+    """Whether the swapped product beats ``_product`` on one thread for this shape by
+    SWAP_MAX_TIME_RATIO: both timed on random operands, alternately, the best of SWAP_TIMINGS,
+    once per shape (the bits are the same either way, only the speed depends on this)."""
+    key = (rows, depth, columns, np.dtype(dtype).str)
+    known = _swap_timed.get(key)
+    if known is None:
+        rng = np.random.default_rng(depth * 139 + rows)
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        b = rng.standard_normal((depth, columns)).astype(dtype)
+        out, out_t = np.empty((rows, columns), dtype), np.empty((columns, rows), dtype)
+        runs = (lambda: _product(a, b, out), lambda: blas_panels.swapped_product(a, b, out_t))
+        best = [float("inf"), float("inf")]
+        for rep in range(SWAP_TIMINGS + 1):
+            for i in ((0, 1) if rep % 2 else (1, 0)):
+                t0 = time.perf_counter()
+                runs[i]()
+                if rep:         # the first round warms the buffers up
+                    best[i] = min(best[i], time.perf_counter() - t0)
+        known = _swap_timed[key] = best[1] <= SWAP_MAX_TIME_RATIO * best[0]
+    return known
+
+
+def _swaps(rows: int, depth: int, columns: int, dtype) -> bool:
+    """Whether a forward product of ``rows x depth`` weights over ``columns`` columns goes
+    through ``blas_panels.swapped_product`` (see SWAP_MAX_ROWS): only where the threads are
+    already shared out, this BLAS gives the plain product's bits and it pays here."""
+    return (rows <= SWAP_MAX_ROWS and depth >= SWAP_DEPTH_PER_ROW * rows
+            and parallel.usable_threads() == 1 and blas_panels.swap_agrees(rows, depth, columns, dtype)
+            and _swap_pays(rows, depth, columns, dtype))
 
 
 def shallow_panel(rows: int, depth: int) -> int | None:
@@ -499,6 +550,16 @@ class BaseConvolutionLayer(Layer):
         else:
             np.add(result, bias, out=y)
 
+    @classmethod
+    def _store_swapped(cls, y, results, n, spatial, batch_inner, bias):
+        """``_store`` for the groups' swapped products ``results`` (``(groups, columns,
+        rows)``): each group's transpose written into its channels of the top."""
+        groups, _, og = results.shape
+        yg = y.reshape((n, groups, og) + y.shape[2:])
+        for g in range(groups):
+            rows = from_cols(results[g].T, n, spatial, batch_inner)
+            cls._store(yg[:, g], rows, None if bias is None else bias[g * og:(g + 1) * og])
+
     def backward_cpu(self, top, propagate_down, bottom):
         w = self._used_weights if self._used_weights is not None else self.forward_weights()[0]
         ppd = self.param_propagate_down
@@ -569,10 +630,16 @@ class ConvolutionLayer(BaseConvolutionLayer):
             else:
                 bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
-                res = scratch("gemm", (o, n * p), x.dtype)
-                for g in range(g_):
-                    _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
-                self._store(yc, from_cols(res, n, (p,), bi), bias)
+                if _swaps(og, kg, n * p, x.dtype):
+                    res = scratch("gemm", (g_, n * p, og), x.dtype)
+                    for g in range(g_):
+                        blas_panels.swapped_product(wg[g], col[g * kg:(g + 1) * kg], res[g])
+                    self._store_swapped(yc, res, n, (p,), bi, bias)
+                else:
+                    res = scratch("gemm", (o, n * p), x.dtype)
+                    for g in range(g_):
+                        _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                    self._store(yc, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
             if rectified:       # the fused in-place ReLU, while the chunk is in cache
