@@ -390,6 +390,20 @@ def test_conv_gradients_through_flipped_kernels(case):
     check_gradient(spec, [rng(7).standard_normal(case[0])])
 
 
+def test_unpadded_layers_take_the_column_gradient():
+    """The flipped kernels cover every input position: for an unpadded layer whose input has
+    far more positions than its output (LeNet's second layer, 12 x 12 -> 8 x 8, 2.25x) that
+    multiplies dy's zero padding, so its input gradient goes through col2im; a padded layer of
+    the same size keeps the flipped kernels."""
+    x = rng(3).standard_normal((2, 20, 12, 12))
+    lenet, _, _ = setup(conv_spec("Convolution", 50, (5,), (), (), (), 1), [x])
+    same, _, _ = setup(conv_spec("Convolution", 50, (5,), (), (2,), (), 1), [x])
+    assert lenet.geometry.image_size > convolution.FLIPPED_MAX_EXTRA * lenet.geometry.col_size
+    assert lenet._flipped_geometry() is None
+    assert same._flipped_geometry() is not None
+    check_gradient(conv_spec("Convolution", 6, (5,), (), (), (), 1), [rng(4).standard_normal((2, 4, 9, 9))])
+
+
 ROW_SHIFT_CASES = FLIPPED_CASES + [
     ((5, 3, 6, 4), 4, (3,), (), (1,), (), 1),               # C < O: flipped, too
     ((2, 4, 5, 6), 2, (1, 3), (), (0, 1), (), 1),           # one kernel row: columns

@@ -45,6 +45,13 @@ from ristretto_cli.layers.registry import register
 
 #: Elements of a chunk's top (or bottom) that the per-chunk hooks find still in cache.
 HOOKED_CHUNK_ELEMENTS = 1 << 19
+#: The input gradient as a convolution of dy with the flipped kernels (``_flipped_geometry``)
+#: produces every input position; it is taken only where those are at most this many times
+#: the output positions. An unpadded layer's input is larger than its output, and the
+#: flipped convolution then multiplies zeros of dy's padding: LeNet's ``conv2`` (12 x 12 ->
+#: 8 x 8) did 2.25x the multiply-adds that way, and went 0.80x the time forward+backward (the
+#: whole net, 1 thread; 0.74x at 2) through the column gradient and col2im instead.
+FLIPPED_MAX_EXTRA = 1.25
 #: Bytes of weight-gradient products that the chunks of one backward wave may hold.
 WGRAD_PARTS_BYTES = 1 << 23
 #: Items whose column buffer exceeds this many elements (about 4 MB) are convolved in
@@ -759,12 +766,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
         col2im there (e.g. 1.4x for CIFAR-10's 32 -> 32 5x5 layer). With fewer inputs than
         outputs only by shifted rows (``row_shift``), and where the inputs per group times
         the kernel's other axes reach its MIN_ROW_DEPTH (CIFAR-10's 32 -> 64 5x5 layer: 0.86-0.9x
-        the backward time; a first layer's 3 channels stay). The summation order differs
+        the backward time; a first layer's 3 channels stay). Not where the input has many
+        more positions than the output (FLIPPED_MAX_EXTRA). The summation order differs
         from col2im's (float32 rounding only). None where it does not apply."""
         geo = self.geometry
         if (geo.pointwise
                 or any(s != 1 for s in geo.stride) or any(d != 1 for d in geo.dilation)
                 or any(p > k - 1 for p, k in zip(geo.pad, geo.kernel))):
+            return None
+        if geo.image_size > FLIPPED_MAX_EXTRA * geo.col_size:
             return None
         fgeo = ConvGeometry(geo.cols, geo.image, geo.kernel, geo.stride,
                             tuple(k - 1 - p for p, k in zip(geo.pad, geo.kernel)), geo.dilation)
