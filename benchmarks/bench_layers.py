@@ -469,6 +469,24 @@ def print_table(res: dict, cases: list[Case]) -> list[str]:
     return missed
 
 
+def host_description() -> str:
+    """The CPU's model name and the BLAS kernels NumPy's OpenBLAS picked for it: the ratios
+    depend on both (see docs/performance.md), so every report names them."""
+    from threadpoolctl import threadpool_info
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    blas = next((i for i in threadpool_info()
+                 if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")), None)
+    if blas is None:
+        return model
+    return f"{model} ({blas.get('internal_api')} {blas.get('version')}, {blas.get('architecture')} kernels)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
@@ -498,7 +516,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(NETS)}")
     threads = [int(t) for t in args.threads.split(",")]
 
-    print(f"bench_layers: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    host = host_description()
+    print(f"bench_layers: {host}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}, torch {torch.__version__}, {reps} repetitions per side")
     cases = [Case(k) for k in keys]
     for case in cases:
@@ -515,7 +534,7 @@ def main(argv=None) -> int:
           f"of GEMM for {', '.join(NETS[k][0] for k in CONV_HEAVY)}")
     print("all targets met" if not missed else "missed: " + "; ".join(missed))
     if args.json:
-        args.json.write_text(json.dumps({"reps": reps, "results": results,
+        args.json.write_text(json.dumps({"host": host, "reps": reps, "results": results,
                                          "targets_met": not missed, "missed": missed}, indent=1))
     return 0
 

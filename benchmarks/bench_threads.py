@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_layers import NETS, SHARED, build_ours, randomise_weights  # noqa: E402
+from bench_layers import NETS, SHARED, build_ours, host_description, randomise_weights  # noqa: E402
 
 CALL_SECONDS = 1.5
 
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(NETS)}")
     passes = args.passes or (8 if args.quick else 20)
-    print(f"bench_threads: {os.cpu_count()} CPUs, numpy {np.__version__}, Python "
+    print(f"bench_threads: {host_description()}, {os.cpu_count()} CPUs, numpy {np.__version__}, Python "
           f"{sys.version.split()[0]}")
     print("\nmicroseconds per NumPy call: alone | each of 2 threads | each of 2 processes")
     for name, what in (("maximum", "maximum, 32768 float32 (in cache)"),
