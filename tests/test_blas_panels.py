@@ -209,21 +209,18 @@ def test_a_swap_with_other_bits_is_caught_by_the_check(monkeypatch, fresh_swaps)
         assert not convolution._swaps(32, 800, 1280, np.float32)
 
 
-@pytest.mark.parametrize("spec_extra, shape", [
-    ("num_output: 32 kernel_size: 5 pad: 2", (10, 32, 16, 16)),          # CIFAR-10's conv2
-    ("num_output: 64 kernel_size: 5 pad: 2", (10, 32, 8, 8)),            # conv3, batch innermost
-    ("num_output: 40 kernel_size: 5 group: 2 bias_term: false", (6, 64, 12, 12))])
-def test_convolution_forward_swapped_keeps_the_bits(spec_extra, shape, monkeypatch, fresh_swaps):
-    """The forward with every eligible product swapped (and stored from its transpose, per
-    group, bias fused) gives the top bit for bit as with swapping turned off."""
+def _forward_swapped_and_not(spec_extra, shape, monkeypatch):
+    """The top of a convolution with every eligible product swapped, and with swapping off,
+    and whether the layer took a swapped product."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(np.float32)
     spec = ('type: "Convolution" convolution_param { ' + spec_extra +
             ' weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
     monkeypatch.setattr(convolution, "_swap_pays", lambda *args: True)
     used = []
-    real = blas_panels.swapped_product
-    monkeypatch.setattr(blas_panels, "swapped_product", lambda *a: used.append(a[0].shape) or real(*a))
+    real = convolution.BaseConvolutionLayer._store_swapped.__func__
+    monkeypatch.setattr(convolution.BaseConvolutionLayer, "_store_swapped",
+                        classmethod(lambda cls, *a: used.append(a[1].shape) or real(cls, *a)))
     tops = []
     with parallel.limited(1):
         for max_rows in (convolution.SWAP_MAX_ROWS, 0):
@@ -231,6 +228,31 @@ def test_convolution_forward_swapped_keeps_the_bits(spec_extra, shape, monkeypat
             layer, bottoms, top = setup(spec, [x])
             layer.forward(bottoms, top)
             tops.append(top[0].data.copy())
+    return tops, bool(used)
+
+
+@pytest.mark.parametrize("spec_extra, shape", [
+    ("num_output: 32 kernel_size: 5 pad: 2", (10, 32, 16, 16)),          # CIFAR-10's conv2
+    ("num_output: 64 kernel_size: 5 pad: 2", (10, 32, 8, 8)),            # conv3, batch innermost
+    ("num_output: 40 kernel_size: 5 group: 2 bias_term: false", (6, 64, 12, 12))])
+def test_convolution_forward_swapped_keeps_the_bits(spec_extra, shape, monkeypatch, fresh_swaps):
+    """The forward with every eligible product swapped (and stored from its transpose, per
+    group, bias fused) gives the top bit for bit as with swapping turned off."""
+    tops, used = _forward_swapped_and_not(spec_extra, shape, monkeypatch)
     # swapped wherever the BLAS agreed (on OpenBLAS it does for these shapes)
-    assert bool(used) == any(blas_panels._swap_agreed.values())
+    assert used == any(blas_panels._swap_agreed.values())
     np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))
+
+
+@pytest.mark.parametrize("spec_extra, shape", [
+    ("num_output: 8 kernel_size: 4", (1, 16, 4, 4)),         # one item, one position
+    ("num_output: 8 kernel_size: 3", (1, 16, 9, 9)),         # one item
+    ("num_output: 12 kernel_size: 3 group: 3", (3, 12, 6, 6))])
+def test_swapped_products_are_stored_in_the_tops_layout(spec_extra, shape, monkeypatch, fresh_swaps):
+    """Small products, where the BLAS may sum in another order swapped (and the check then
+    keeps the plain one): taken swapped all the same, the top matches the plain forward up
+    to rounding, so the transposed store puts every value and bias in its place."""
+    monkeypatch.setattr(blas_panels, "swap_agrees", lambda *args: True)
+    tops, used = _forward_swapped_and_not(spec_extra, shape, monkeypatch)
+    assert used
+    np.testing.assert_allclose(tops[0], tops[1], rtol=1e-5, atol=1e-6)
