@@ -76,32 +76,41 @@ def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, cou
 
 
 _agreed: dict[tuple, bool] = {}
+_swap_agreed: dict[tuple, bool] = {}
 _agreed_lock = threading.Lock()
+
+
+def _same_bits_as_plain(memory: dict, key: tuple, seed: int, shape_a: tuple[int, int],
+                        shape_b: tuple[int, int], product, dtype) -> bool:
+    """Whether ``product(a, b)`` gives ``a @ b``'s bits on random operands of these shapes,
+    both on one BLAS thread (as the layers run it; a threaded BLAS may differ): any other
+    order of summation shows in some of the results. Checked once per ``key`` and remembered
+    in ``memory``."""
+    with _agreed_lock:
+        known = memory.get(key)
+    if known is None:
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal(shape_a).astype(dtype)
+        b = rng.standard_normal(shape_b).astype(dtype)
+        with parallel.blas_single_threaded():
+            plain = np.matmul(a, b)
+            other = product(a, b)
+        known = bool(np.array_equal(plain.view(np.uint8), np.ascontiguousarray(other).view(np.uint8)))
+        with _agreed_lock:
+            memory[key] = known
+    return known
 
 
 def agrees(rows: int, depth: int, width: int, tail: int, dtype=np.float32) -> bool:
     """Whether ``panel_product`` gives the plain product's bits for ``rows x depth``
     operands, ``width``-column panels and a last product of ``tail`` columns, on this BLAS on
-    one thread (as layers run it): checked once per shape on random operands (any other order
-    of summation shows in some of the results) and remembered."""
-    key = (rows, depth, width, tail, np.dtype(dtype).str)
-    with _agreed_lock:
-        known = _agreed.get(key)
-    if known is None:
-        rng = np.random.default_rng(depth * 131 + rows)
-        a = rng.standard_normal((rows, depth)).astype(dtype)
-        b = rng.standard_normal((depth, 2 * width + tail)).astype(dtype)
-        with parallel.blas_single_threaded():    # as the layers run (a threaded BLAS may differ)
-            plain = np.matmul(a, b)
-            panels = np.empty_like(plain)
-            panel_product(a, b, panels, width, 2)
-        known = bool(np.array_equal(plain.view(np.uint8), panels.view(np.uint8)))
-        with _agreed_lock:
-            _agreed[key] = known
-    return known
-
-
-_swap_agreed: dict[tuple, bool] = {}
+    one thread (as layers run it): checked once per shape and remembered."""
+    def in_panels(a, b):
+        panels = np.empty((rows, b.shape[1]), dtype)
+        panel_product(a, b, panels, width, 2)
+        return panels
+    return _same_bits_as_plain(_agreed, (rows, depth, width, tail, np.dtype(dtype).str), depth * 131 + rows,
+                               (rows, depth), (depth, 2 * width + tail), in_panels, dtype)
 
 
 def swapped_product(a: np.ndarray, b: np.ndarray, out_t: np.ndarray) -> None:
@@ -114,20 +123,11 @@ def swap_agrees(rows: int, depth: int, columns: int, dtype=np.float32) -> bool:
     """Whether ``swapped_product`` gives the plain product's bits for ``rows x depth`` weights
     over ``columns`` columns on this BLAS on one thread: each element is the same sum with
     the roles of rows and columns exchanged, which a BLAS that splits the depth alike in both
-    orientations sums in the same order. Checked once per shape on random operands and
-    remembered, as ``agrees`` does for panels."""
-    key = (rows, depth, columns, np.dtype(dtype).str)
-    with _agreed_lock:
-        known = _swap_agreed.get(key)
-    if known is None:
-        rng = np.random.default_rng(depth * 137 + rows)
-        a = rng.standard_normal((rows, depth)).astype(dtype)
-        b = rng.standard_normal((depth, columns)).astype(dtype)
-        with parallel.blas_single_threaded():
-            plain = np.matmul(a, b)
-            swapped = np.empty((columns, rows), dtype)
-            swapped_product(a, b, swapped)
-        known = bool(np.array_equal(plain.view(np.uint8), np.ascontiguousarray(swapped.T).view(np.uint8)))
-        with _agreed_lock:
-            _swap_agreed[key] = known
-    return known
+    orientations sums in the same order. Checked once per shape and remembered, as ``agrees``
+    does for panels."""
+    def swapped(a, b):
+        out_t = np.empty((columns, rows), dtype)
+        swapped_product(a, b, out_t)
+        return out_t.T
+    return _same_bits_as_plain(_swap_agreed, (rows, depth, columns, np.dtype(dtype).str), depth * 137 + rows,
+                               (rows, depth), (depth, columns), swapped, dtype)

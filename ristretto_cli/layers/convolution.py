@@ -557,8 +557,8 @@ class BaseConvolutionLayer(Layer):
         else:
             np.add(result, bias, out=y)
 
-    @staticmethod
-    def _store_result(y, res, view, bias, transposed: bool = False):
+    @classmethod
+    def _store_result(cls, y, res, view, bias, transposed: bool = False):
         """``y = view (+ bias)`` where ``view`` ``(n, channels, positions)`` is a view of the
         GEMM result ``res`` ``(channels, columns)``, or ``(columns, channels)`` if
         ``transposed``, and ``bias`` is ``(channels, 1)``. Where the view reorders the result
@@ -567,13 +567,10 @@ class BaseConvolutionLayer(Layer):
         way into the top's layout took 1.8x the time of both (CIFAR-10's ``conv1``; its
         forward 0.95x the time at 1 thread, 0.97x at 2). A view in the result's own order
         (one item: CaffeNet, SqueezeNet) takes the add straight into the top, one pass."""
-        if bias is None:
-            np.copyto(y, view)
-        elif view.flags.c_contiguous:
-            np.add(view, bias, out=y)
-        else:
+        if bias is not None and not view.flags.c_contiguous:
             np.add(res, bias.T if transposed else bias, out=res)
-            np.copyto(y, view)
+            bias = None
+        cls._store(y, view, bias)
 
     @classmethod
     def _store_swapped(cls, y, results, n, spatial, batch_inner, bias):
