@@ -256,3 +256,82 @@ def test_swapped_products_are_stored_in_the_tops_layout(spec_extra, shape, monke
     tops, used = _forward_swapped_and_not(spec_extra, shape, monkeypatch)
     assert used
     np.testing.assert_allclose(tops[0], tops[1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- row panels
+@pytest.fixture
+def fresh_rows(monkeypatch):
+    """A private memory of the row panels' checks."""
+    monkeypatch.setattr(blas_panels, "_row_agreed", {})
+
+
+def _on_openblas_avx512() -> bool:
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+    return bool(blas) and blas[0].get("internal_api") == "openblas" and blas[0].get("architecture") == "SkylakeX"
+
+
+@pytest.mark.parametrize("n, depth, batch", [(104, 9216, 10), (4096 // 32 * 3, 4096, 10), (72, 4096, 32),
+                                             (75, 1000, 16)])
+def test_row_panels_equal_the_plain_product_where_they_agree(n, depth, batch, fresh_rows):
+    """Fully connected layers' forward products at small batches (rows of CaffeNet's fc6 and
+    fc7 at batch 10, batch 32, a remainder of 11 and of 3 rows): bit for bit wherever the
+    check says so, which on OpenBLAS's AVX-512 build it does; up to rounding always."""
+    rng = np.random.default_rng(n + depth)
+    w = rng.standard_normal((n, depth)).astype(np.float32)
+    x = rng.standard_normal((batch, depth)).astype(np.float32)
+    out = np.empty((n, batch), np.float32)
+    with parallel.blas_single_threaded():
+        blas_panels.row_panel_product(w, x.T, out, 32)
+        plain = np.matmul(w, x.T)
+    np.testing.assert_allclose(out, plain, rtol=1e-4, atol=1e-3)
+    agreed = blas_panels.row_panels_agree(n, depth, batch, 32)
+    if agreed:
+        np.testing.assert_array_equal(out.view(np.uint32), plain.view(np.uint32))
+    if _on_openblas_avx512():
+        assert agreed
+
+
+def test_row_panels_in_other_blocks_are_caught_by_the_check(monkeypatch, fresh_rows):
+    """Row panels that sum fc6's 9216-deep rows in blocks of 300 instead of the BLAS's 448
+    round differently: the check sees it, and the layer then keeps the plain product."""
+    monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 300)
+    assert not blas_panels.row_panels_agree(4096, 9216, 10, 32)
+    from ristretto_cli.layers import inner_product
+    w = np.zeros((4096, 9216), np.float32)
+    assert not inner_product._in_row_panels(w, 10)
+
+
+@pytest.mark.parametrize("spec_extra, shape, threads", [
+    ("num_output: 200", (10, 3000), 1),                               # 6 panels + 8 rows
+    ("num_output: 200", (10, 3000), 2),                               # shared by two threads
+    ("num_output: 96 bias_term: false", (8, 2, 30, 30), 2),           # flattened input
+    ("num_output: 200 transpose: true", (10, 3000), 1)])              # weights (K, N): plain
+def test_inner_product_forward_in_row_panels_keeps_the_bits(spec_extra, shape, threads, monkeypatch, fresh_rows):
+    """The forward with row panels (thresholds lowered so that small layers take them) gives
+    the top bit for bit as the plain product, at one and two threads, with and without a
+    bias, wherever the check agrees; weights stored transposed keep the plain product."""
+    from ristretto_cli.layers import inner_product
+    monkeypatch.setattr(inner_product, "ROW_PANEL_MIN_MADDS", 1)
+    n, m, depth = int(spec_extra.split()[1]), shape[0], int(np.prod(shape[1:]))
+    agreed = blas_panels.row_panels_agree(n, depth, m, inner_product.ROW_PANEL_ROWS)   # before the spy
+    used = []
+    real = blas_panels.row_panel_product
+    monkeypatch.setattr(blas_panels, "row_panel_product", lambda *a: used.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    spec = ('type: "InnerProduct" inner_product_param { ' + spec_extra +
+            ' weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
+    tops = []
+    with parallel.limited(threads), parallel.blas_single_threaded():
+        for max_batch in (inner_product.ROW_PANEL_MAX_BATCH, 0):
+            monkeypatch.setattr(inner_product, "ROW_PANEL_MAX_BATCH", max_batch)
+            layer, bottoms, top = setup(spec, [x])
+            layer.forward(bottoms, top)
+            tops.append(top[0].data.copy())
+    np.testing.assert_array_equal(tops[0].view(np.uint32), tops[1].view(np.uint32))
+    assert bool(used) == (agreed and "transpose" not in spec_extra)
+    if used:        # two threads: each takes whole panels, the remainder rows with the last
+        assert sorted(rows for rows, _ in used) == ([n] if threads == 1 else [96, n - 96])
+    if _on_openblas_avx512() and spec_extra == "num_output: 200":
+        assert used

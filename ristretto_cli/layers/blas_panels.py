@@ -12,9 +12,14 @@ rounded up to a multiple of ``BLOCK_UNROLL``: 800 -> 400 + 400), sums each from 
 the block sums into the result one after the other (``depth_blocks``). The panels follow
 those blocks and add their products in the same order.
 
+The same holds for a product whose *left* operand is the long one: a fully connected layer's
+weights against a small batch (``row_panel_product``). The packed GEMM copies every weight
+once more on the way; panels of weight rows, depth block by depth block, read them in place.
+
 These are facts about one BLAS build (OpenBLAS 0.3 on its AVX-512 kernels). So before a shape
-goes in panels, ``agrees`` checks once, on random operands, that the panels give the plain
-product's bits on the BLAS actually loaded; where they do not, callers keep the plain product.
+goes in panels, ``agrees`` (``row_panels_agree``) checks once, on random operands, that the
+panels give the plain product's bits on the BLAS actually loaded; where they do not, callers
+keep the plain product.
 """
 
 from __future__ import annotations
@@ -75,17 +80,40 @@ def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, cou
         np.matmul(a, b[..., split:], out=out[..., split:])
 
 
+def row_panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int) -> None:
+    """``out = a @ b`` for ``a`` ``(n, depth)`` with contiguous rows and a narrow ``b``
+    ``(depth, m)``: ``a``'s rows in panels of ``rows`` (the last panel the remainder), one
+    stacked product per depth block of the BLAS, the blocks' products added in order. Each
+    panel's product is small enough for the kernels that read their operands in place."""
+    n, depth = a.shape
+    whole = n - n % rows
+    block_sum = None
+    for k0, k1 in depth_blocks(depth):
+        bk = np.ascontiguousarray(b[k0:k1])
+        target = out if block_sum is None else scratch("row_panel_block", out.shape, out.dtype)
+        if whole:
+            np.matmul(a[:whole, k0:k1].reshape(whole // rows, rows, k1 - k0), bk,
+                      out=target[:whole].reshape(whole // rows, rows, out.shape[1]))
+        if whole < n:
+            np.matmul(a[whole:, k0:k1], bk, out=target[whole:])
+        if block_sum is None:
+            block_sum = out
+        else:
+            np.add(block_sum, target, out=block_sum)
+
+
 _agreed: dict[tuple, bool] = {}
 _swap_agreed: dict[tuple, bool] = {}
+_row_agreed: dict[tuple, bool] = {}
 _agreed_lock = threading.Lock()
 
 
 def _same_bits_as_plain(memory: dict, key: tuple, seed: int, shape_a: tuple[int, int],
-                        shape_b: tuple[int, int], product, dtype) -> bool:
+                        shape_b: tuple[int, int], product, dtype, transposed_b: bool = False) -> bool:
     """Whether ``product(a, b)`` gives ``a @ b``'s bits on random operands of these shapes,
     both on one BLAS thread (as the layers run it; a threaded BLAS may differ): any other
-    order of summation shows in some of the results. Checked once per ``key`` and remembered
-    in ``memory``."""
+    order of summation shows in some of the results. With ``transposed_b`` the plain product
+    is ``a @ b.T``. Checked once per ``key`` and remembered in ``memory``."""
     with _agreed_lock:
         known = memory.get(key)
     if known is None:
@@ -93,7 +121,7 @@ def _same_bits_as_plain(memory: dict, key: tuple, seed: int, shape_a: tuple[int,
         a = rng.standard_normal(shape_a).astype(dtype)
         b = rng.standard_normal(shape_b).astype(dtype)
         with parallel.blas_single_threaded():
-            plain = np.matmul(a, b)
+            plain = np.matmul(a, b.T if transposed_b else b)
             other = product(a, b)
         known = bool(np.array_equal(plain.view(np.uint8), np.ascontiguousarray(other).view(np.uint8)))
         with _agreed_lock:
@@ -131,3 +159,26 @@ def swap_agrees(rows: int, depth: int, columns: int, dtype=np.float32) -> bool:
         return out_t.T
     return _same_bits_as_plain(_swap_agreed, (rows, depth, columns, np.dtype(dtype).str), depth * 137 + rows,
                                (rows, depth), (depth, columns), swapped, dtype)
+
+
+#: The fewest multiply-adds of a row-panel bits check: enough that the plain product it
+#: compares with runs on the packed GEMM, as the layer's much larger product does.
+ROW_CHECK_MADDS = 4_000_000
+
+
+def row_panels_agree(n: int, depth: int, columns: int, rows: int, dtype=np.float32) -> bool:
+    """Whether ``row_panel_product`` in panels of ``rows`` gives the bits of ``a @ bt.T`` (the
+    right operand a transposed view, as a fully connected layer passes its input) for ``a``
+    ``(n, depth)`` and ``columns`` columns, on this BLAS on one thread. Checked once per shape
+    on fewer rows than ``n`` (whole panels enough for ROW_CHECK_MADDS, and ``n``'s remainder):
+    each element's sum does not depend on the other rows. Remembered."""
+    panels = max(2, -(-ROW_CHECK_MADDS // max(1, rows * depth * columns)))
+    check_rows = min(n, panels * rows + n % rows)
+
+    def in_panels(a, bt):
+        out = np.empty((a.shape[0], columns), dtype)
+        row_panel_product(a, bt.T, out, rows)
+        return out
+    return _same_bits_as_plain(_row_agreed, (n, depth, columns, rows, np.dtype(dtype).str),
+                               depth * 149 + columns, (check_rows, depth), (columns, depth),
+                               in_panels, dtype, transposed_b=True)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count
+from ristretto_cli.layers import blas_panels
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.im2col import scratch
 from ristretto_cli.layers.registry import register
@@ -44,6 +45,39 @@ def _add_product(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
         acc[r0:r1] += part
     split = 2 * a.shape[1] * acc.size >= 2 * parallel.SPLIT_MIN_FLOPS
     parallel.for_blocks(rows, step, block, min_blocks=1 if split else max(1, rows))
+
+
+#: A forward product of large weights against a small batch (at most ROW_PANEL_MAX_BATCH
+#: rows, at least ROW_PANEL_MIN_MADDS multiply-adds) goes in panels of ROW_PANEL_ROWS weight
+#: rows (``blas_panels.row_panel_product``, the plain product's bits): the packed GEMM copies
+#: every weight once more on the way. Measured on an Intel Xeon (AVX-512), batch 10, in the
+#: layer: CaffeNet's fc6 (4096 x 9216) 0.77-0.79x the time at 1 thread, 0.76-0.86x at 2; fc7
+#: (4096 x 4096) 0.72-0.88x and 0.76-0.93x; but fc8 (1000 x 4096, 16 MB of weights)
+#: 1.04-1.10x, hence the least size. Products alone at batch 32: 0.64x and 0.93x; at batch 64
+#: slower (1.07-1.20x), hence the bound. Batches of 1-4 take another path in the BLAS, with
+#: other bits; the check (``row_panels_agree``) keeps them plain.
+ROW_PANEL_ROWS = 32
+ROW_PANEL_MAX_BATCH = 32
+ROW_PANEL_MIN_MADDS = 1 << 26
+
+
+def _in_row_panels(w: np.ndarray, m: int) -> bool:
+    """Whether ``w @ x.T`` for ``w`` ``(N, K)`` and ``m`` input rows goes in row panels."""
+    n, k = w.shape
+    return (w.flags.c_contiguous and 2 <= m <= ROW_PANEL_MAX_BATCH and n > ROW_PANEL_ROWS
+            and n * k * m >= ROW_PANEL_MIN_MADDS
+            and blas_panels.row_panels_agree(n, k, m, ROW_PANEL_ROWS, w.dtype))
+
+
+def _row_panels(w: np.ndarray, xt: np.ndarray, out: np.ndarray) -> None:
+    """``out = w @ xt`` in row panels (``blas_panels.row_panel_product``), whole panels shared
+    among the threads; every element is summed as in one such product."""
+    rows, n = ROW_PANEL_ROWS, w.shape[0]
+
+    def share(p0: int, p1: int) -> None:
+        r0, r1 = p0 * rows, min(n, p1 * rows)
+        blas_panels.row_panel_product(w[r0:r1], xt, out[r0:r1], rows)
+    parallel.for_ranges(-(-n // rows), share)
 
 
 @register("InnerProduct")
@@ -111,7 +145,10 @@ class InnerProductLayer(Layer):
             # BLAS streams the weights markedly faster with them as the left operand (the
             # long side as the result's rows): compute yᵀ = Wᵀ·xᵀ, then transpose (small).
             yt = scratch("ip", (self.num_output, self.m), y.dtype)
-            parallel.matmul(w.T, x.T, yt)
+            if _in_row_panels(w.T, self.m):
+                _row_panels(w.T, x.T, yt)
+            else:
+                parallel.matmul(w.T, x.T, yt)
             np.copyto(y, yt.T)
         else:
             parallel.matmul(x, w, y)
