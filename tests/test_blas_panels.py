@@ -18,6 +18,15 @@ def fresh_checks(monkeypatch):
     monkeypatch.setattr(blas_panels, "_agreed", {})
 
 
+def _on_openblas_avx512() -> bool:
+    """Whether NumPy's own BLAS is OpenBLAS on its AVX-512 (SkylakeX) kernels, where the
+    panel rules were measured (OpenCV, once imported, brings another OpenBLAS into the
+    process)."""
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+    return bool(blas) and blas[0].get("internal_api") == "openblas" and blas[0].get("architecture") == "SkylakeX"
+
+
 def _plan(rows, depth, columns):
     """The panel width, count and last product's columns as the convolution picks them."""
     width = convolution.PANEL_MADDS // (rows * blas_panels.deepest_block(depth)) // 16 * 16
@@ -130,10 +139,7 @@ def test_convolution_forward_keeps_the_plain_products_bits(block_depth, monkeypa
 def test_openblas_avx512_takes_the_panels(fresh_checks):
     """On the BLAS the rules were measured on, the check agrees for the shapes they are meant
     for (else the layers would quietly fall back to the slower plain product)."""
-    from threadpoolctl import threadpool_info
-    # NumPy's own BLAS (OpenCV, once imported, brings another OpenBLAS into the process)
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
-    if not blas or blas[0].get("internal_api") != "openblas" or blas[0].get("architecture") != "SkylakeX":
+    if not _on_openblas_avx512():
         pytest.skip("the panel rules were measured on OpenBLAS's AVX-512 (SkylakeX) kernels")
     for rows, depth in SHAPES:
         width, _, tail = _plan(rows, depth, 3025)
@@ -179,7 +185,6 @@ def test_swapped_products_equal_the_plain_product(rows, depth, columns, fresh_sw
     nets' deep few-row shapes (CIFAR-10's second and third layers, LeNet's second), bit for
     bit wherever the check says so, and on OpenBLAS's AVX-512 kernels (where it was measured)
     it does."""
-    from threadpoolctl import threadpool_info
     rng = np.random.default_rng(rows * columns)
     a = rng.standard_normal((rows, depth)).astype(np.float32)
     b = rng.standard_normal((depth, columns)).astype(np.float32)
@@ -191,8 +196,7 @@ def test_swapped_products_equal_the_plain_product(rows, depth, columns, fresh_sw
     agreed = blas_panels.swap_agrees(rows, depth, columns)
     if agreed:
         np.testing.assert_array_equal(np.ascontiguousarray(swapped.T).view(np.uint32), plain.view(np.uint32))
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
-    if blas and blas[0].get("internal_api") == "openblas" and blas[0].get("architecture") == "SkylakeX":
+    if _on_openblas_avx512():
         assert agreed
 
 
@@ -265,18 +269,13 @@ def fresh_rows(monkeypatch):
     monkeypatch.setattr(blas_panels, "_row_agreed", {})
 
 
-def _on_openblas_avx512() -> bool:
-    from threadpoolctl import threadpool_info
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
-    return bool(blas) and blas[0].get("internal_api") == "openblas" and blas[0].get("architecture") == "SkylakeX"
-
-
 @pytest.mark.parametrize("n, depth, batch", [(104, 9216, 10), (4096 // 32 * 3, 4096, 10), (72, 4096, 32),
                                              (75, 1000, 16)])
 def test_row_panels_equal_the_plain_product_where_they_agree(n, depth, batch, fresh_rows):
     """Fully connected layers' forward products at small batches (rows of CaffeNet's fc6 and
-    fc7 at batch 10, batch 32, a remainder of 11 and of 3 rows): bit for bit wherever the
-    check says so, which on OpenBLAS's AVX-512 build it does; up to rounding always."""
+    fc7 at batch 10, fc7's at batch 32, a depth of 1000 at batch 16; remainders of 8 and 11
+    rows): bit for bit wherever the check says so, which on OpenBLAS's AVX-512 build it
+    does; up to rounding always."""
     rng = np.random.default_rng(n + depth)
     w = rng.standard_normal((n, depth)).astype(np.float32)
     x = rng.standard_normal((batch, depth)).astype(np.float32)
