@@ -58,6 +58,18 @@ def deepest_block(depth: int) -> int:
     return max(k1 - k0 for k0, k1 in depth_blocks(depth))
 
 
+def _sum_over_depth_blocks(depth: int, out: np.ndarray, multiply, slot: str) -> None:
+    """``out`` = the sum of ``multiply(k0, k1, target)`` (a product over the depth range
+    ``k0:k1``, written into ``target``) over ``depth_blocks(depth)``, added in the BLAS's
+    order: the first block's product straight into ``out``, each later one into this
+    thread's work array ``slot`` and then added."""
+    for i, (k0, k1) in enumerate(depth_blocks(depth)):
+        target = out if i == 0 else scratch(slot, out.shape, out.dtype)
+        multiply(k0, k1, target)
+        if i:
+            np.add(out, target, out=out)
+
+
 def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, count: int) -> None:
     """``out = a @ b`` for ``a`` ``(rows, depth)``, ``b`` ``(..., depth, columns)`` (rows of
     contiguous runs) and ``out`` ``(..., rows, columns)``: the first ``count`` panels of
@@ -66,16 +78,11 @@ def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, cou
     split = count * width
     if split:
         rows, lead = a.shape[0], b.shape[:-2]
-        block_sum = None
-        for k0, k1 in depth_blocks(a.shape[1]):
+
+        def multiply(k0: int, k1: int, target: np.ndarray) -> None:
             panels = b[..., k0:k1, :split].reshape(lead + (k1 - k0, count, width)).swapaxes(-3, -2)
-            target = (out[..., :split] if block_sum is None
-                      else scratch("depth_block", lead + (rows, split), out.dtype))
             np.matmul(a[:, k0:k1], panels, out=target.reshape(lead + (rows, count, width)).swapaxes(-3, -2))
-            if block_sum is None:
-                block_sum = out[..., :split]
-            else:
-                np.add(block_sum, target, out=block_sum)
+        _sum_over_depth_blocks(a.shape[1], out[..., :split], multiply, "depth_block")
     if split < b.shape[-1]:
         np.matmul(a, b[..., split:], out=out[..., split:])
 
@@ -87,19 +94,15 @@ def row_panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int) 
     panel's product is small enough for the kernels that read their operands in place."""
     n, depth = a.shape
     whole = n - n % rows
-    block_sum = None
-    for k0, k1 in depth_blocks(depth):
+
+    def multiply(k0: int, k1: int, target: np.ndarray) -> None:
         bk = np.ascontiguousarray(b[k0:k1])
-        target = out if block_sum is None else scratch("row_panel_block", out.shape, out.dtype)
         if whole:
             np.matmul(a[:whole, k0:k1].reshape(whole // rows, rows, k1 - k0), bk,
                       out=target[:whole].reshape(whole // rows, rows, out.shape[1]))
         if whole < n:
             np.matmul(a[whole:, k0:k1], bk, out=target[whole:])
-        if block_sum is None:
-            block_sum = out
-        else:
-            np.add(block_sum, target, out=block_sum)
+    _sum_over_depth_blocks(depth, out, multiply, "row_panel_block")
 
 
 _agreed: dict[tuple, bool] = {}
