@@ -276,6 +276,33 @@ def _recorded(monkeypatch, owner, name: str, pick) -> list:
     return seen
 
 
+def test_batch_inner_forward_chunks_keep_their_result_within_the_cache(monkeypatch):
+    """A forward chunk in the batch-inner layout keeps its GEMM result within
+    BATCH_INNER_RESULT_BYTES, since storing it into the top reads it with a stride of the
+    chunk's items. LeNet's first layer at batch 64 fits one chunk by its column buffer; its
+    result (2.8 MB) goes in chunks of 1 MB or less instead. The top is the same, bit for bit,
+    and matches a float64 convolution."""
+    x = rng(5).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    spec = conv_spec("Convolution", 20, (5,), (), (), (), 1)
+    monkeypatch.setattr(parallel, "_threads", 1)
+    chunks = _recorded(monkeypatch, convolution, "im2col", lambda xc, *a, **kw: xc.shape[0])
+    assert convolution.batch_inner_for(64, (24, 24), 4)
+    capped = forward(spec, [x])[0]
+    result_bytes = 20 * 24 * 24 * 4
+    assert len(chunks) > 1 and sum(chunks) == 64
+    assert max(chunks) * result_bytes <= convolution.BATCH_INNER_RESULT_BYTES
+    chunks.clear()
+    monkeypatch.setattr(convolution, "BATCH_INNER_RESULT_BYTES", 1 << 40)
+    whole = forward(spec, [x])[0]
+    assert chunks == [64]
+    np.testing.assert_array_equal(capped, whole)
+    layer, _, _ = setup(spec, [x])
+    w, b = (blob.data.astype(np.float64) for blob in layer.blobs)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (5, 5), axis=(2, 3))
+    expected = np.einsum("nchwij,ocij->nohw", windows, w) + b[:, None, None]
+    np.testing.assert_allclose(capped, expected, rtol=1e-5, atol=1e-5)
+
+
 PANEL_CASES = [
     # case (as CONV_CASES), rows and depth of each group's forward product
     (((2, 3, 5, 7), 4, (2,), (), (1,), (), 1), 4, 12),          # 6 x 8 outputs per item
