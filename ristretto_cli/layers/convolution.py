@@ -624,7 +624,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         wg = w.reshape(g_, og, kg)
         step = self._chunk(max(c * geo.kernel_size, o), p)
         if batch_inner_for(step, geo.cols, x.dtype.itemsize):
-            step = min(step, max(1, BATCH_INNER_RESULT_BYTES // (o * p * x.dtype.itemsize)))
+            step = min(step, max(1, BATCH_INNER_RESULT_BYTES // max(1, o * p * x.dtype.itemsize)))
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
         if chunk_input is not None or chunk_output is not None:
             step = min(step, self._hooked_chunk(max(c, o) * p, p))
