@@ -1,6 +1,7 @@
 """Products in panels (``blas_panels``): the depth blocks the BLAS sums, the panels' bits
 against the plain product's, the check that guards them, and the convolution keeping the plain
-product's bits whether or not this BLAS agrees; and the weight gradients' depth panels."""
+product's bits whether or not this BLAS agrees; the weight gradients' depth panels; and the
+fully connected layers' row panels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from layer_check import setup
 
 from ristretto_cli import parallel
-from ristretto_cli.layers import blas_panels, convolution
+from ristretto_cli.layers import blas_panels, convolution, inner_product
 
 
 @pytest.fixture
@@ -296,7 +297,6 @@ def test_row_panels_in_other_blocks_are_caught_by_the_check(monkeypatch, fresh_r
     round differently: the check sees it, and the layer then keeps the plain product."""
     monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 300)
     assert not blas_panels.row_panels_agree(4096, 9216, 10, 32)
-    from ristretto_cli.layers import inner_product
     w = np.zeros((4096, 9216), np.float32)
     assert not inner_product._in_row_panels(w, 10)
 
@@ -310,7 +310,6 @@ def test_inner_product_forward_in_row_panels_keeps_the_bits(spec_extra, shape, t
     """The forward with row panels (thresholds lowered so that small layers take them) gives
     the top bit for bit as the plain product, at one and two threads, with and without a
     bias, wherever the check agrees; weights stored transposed keep the plain product."""
-    from ristretto_cli.layers import inner_product
     monkeypatch.setattr(inner_product, "ROW_PANEL_MIN_MADDS", 1)
     n, m, depth = int(spec_extra.split()[1]), shape[0], int(np.prod(shape[1:]))
     agreed = blas_panels.row_panels_agree(n, depth, m, inner_product.ROW_PANEL_ROWS)   # before the spy
