@@ -623,7 +623,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         cg, og, kg = c // g_, o // g_, (c // g_) * geo.kernel_size
         wg = w.reshape(g_, og, kg)
         step = self._chunk(max(c * geo.kernel_size, o), p)
-        if batch_inner_for(step, geo.cols, x.dtype.itemsize):
+        if batch_inner_for(min(step, self.num), geo.cols, x.dtype.itemsize):   # the chunks' layout
             step = min(step, max(1, BATCH_INNER_RESULT_BYTES // max(1, o * p * x.dtype.itemsize)))
         chunk_input, chunk_output = self.chunk_input, self.chunk_output
         if chunk_input is not None or chunk_output is not None:
