@@ -247,6 +247,35 @@ def test_hdf5_output_writes_one_batch(tmp_path):
         net.forward()
 
 
+# ---------------------------------------------------------------------- DummyData
+def test_dummy_data_shapes_once_per_top_or_legacy_dims():
+    """One shape serves every top, or one per top; the legacy 4-D fields likewise, each
+    once or once per top. Constant tops are filled once, the others on every forward."""
+    net = data_net('type: "DummyData" top: "a" top: "b" dummy_data_param { shape { dim: 2 dim: 3 } '
+                   'data_filler { type: "constant" value: 2 } data_filler { type: "gaussian" std: 1 } }')
+    assert net.blobs["a"].shape == net.blobs["b"].shape == (2, 3)
+    first = net.blobs["b"].data.copy()
+    net.forward()
+    assert np.all(net.blobs["a"].data == 2) and not np.array_equal(net.blobs["b"].data, first)
+    net = data_net('type: "DummyData" top: "a" top: "b" dummy_data_param { num: 4 channels: 3 channels: 1 '
+                   'height: 5 width: 6 width: 1 }')
+    assert net.blobs["a"].shape == (4, 3, 5, 6) and net.blobs["b"].shape == (4, 1, 5, 1)
+
+
+@pytest.mark.parametrize("param, message", [
+    ("", "shape must be given once or once per top \\(2\\), not 0 times"),
+    ("shape { dim: 1 } shape { dim: 1 } shape { dim: 1 }", "shape must be given once or once per top"),
+    ("num: 1 channels: 1 height: 1", "width must be given once or once per top \\(2\\), not 0 times"),
+    ("num: 1 num: 1 num: 1 channels: 1 height: 1 width: 1", "num must be given once or once per top"),
+    ("shape { dim: 1 } num: 1", "either shape or num/channels/height/width"),
+    ("shape { dim: 1 } data_filler { } data_filler { } data_filler { }", "data_filler must be given 0, 1 or 2")])
+def test_dummy_data_without_a_shape_per_top_is_an_error(param, message):
+    """As Caffe's setup checks: a shape (or every legacy dimension) once or once per top,
+    never missing (unlike an Input layer's), and not both kinds."""
+    with pytest.raises(RistrettoError, match=message):
+        data_net(f'type: "DummyData" top: "a" top: "b" dummy_data_param {{ {param} }}')
+
+
 # ---------------------------------------------------------------------- MemoryData
 MEMORY = ('type: "MemoryData" top: "data" top: "label" '
           'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 }')

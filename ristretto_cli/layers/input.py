@@ -48,20 +48,21 @@ class DummyDataLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.dummy_data_param
         n = len(top)
-        if len(p.shape):
-            if len(p.num) or len(p.channels) or len(p.height) or len(p.width):
+        legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+        if any(legacy):
+            if len(p.shape):
                 raise self.error("dummy_data_param: give either shape or num/channels/height/width, not both")
-            shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
-        else:
-            legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
             for values, field in zip(legacy, ("num", "channels", "height", "width")):
-                if len(values) not in (0, 1, n):
-                    raise self.error(f"dummy_data_param.{field} must be given 1 or {n} times")
-            shapes = []
-            if any(legacy):
-                for i in range(n):
-                    shapes.append(tuple(v[0] if len(v) == 1 else v[i] for v in legacy))
-        shapes = _shapes_for_tops(shapes, n, self, "dummy_data_param.shape")
+                if len(values) not in (1, n):
+                    raise self.error(f"dummy_data_param.{field} must be given once or once per top ({n}), "
+                                     f"not {len(values)} times")
+            shapes = [tuple(v[0] if len(v) == 1 else v[i] for v in legacy) for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):      # unlike Input, a shape is required
+                raise self.error(f"dummy_data_param.shape must be given once or once per top ({n}), "
+                                 f"not {len(p.shape)} times")
+            shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
+            shapes = shapes * n if len(shapes) == 1 else shapes
         fillers = list(p.data_filler)
         if len(fillers) not in (0, 1, n):
             raise self.error(f"dummy_data_param.data_filler must be given 0, 1 or {n} times")
