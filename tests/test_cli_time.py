@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 from conftest import test_data
 
 from ristretto_cli.cli import main
+from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io import read_net_param
 from ristretto_cli.log import LOGGER_NAME
+from ristretto_cli.net import TRAIN, Net
 from ristretto_cli.timing import time_model
 
 
@@ -50,3 +54,24 @@ def test_time_cli_errors_are_one_line(capsys):
     assert main(["time", "--model", "nope.prototxt"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ristretto: error: nope.prototxt")
+
+
+def test_time_skips_the_backward_of_layers_that_have_none(tmp_path):
+    """A deploy net ending in ArgMax and Threshold, layers without a backward pass, is timed
+    whole: their backward is not called (Caffe's tool would stop there:
+    docs/compatibility.md)."""
+    model = tmp_path / "deploy.prototxt"
+    model.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                     'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                     'inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }\n'
+                     'layer { name: "top" type: "ArgMax" bottom: "y" top: "k" }\n'
+                     'layer { name: "on" type: "Threshold" bottom: "y" top: "t" }\n')
+    result = time_model(str(model), iterations=2)
+    times = {name: (f, b) for name, f, b in result["layers"]}
+    assert set(times) == {"in", "ip", "y_ip_0_split", "top", "on"}   # Caffe's split of y included
+    net = Net(read_net_param(str(model)), TRAIN)
+    for i, layer in enumerate(net.layers):
+        if layer.name in ("top", "on"):     # called, either would stop the run
+            with pytest.raises(RistrettoError, match="has no backward pass"):
+                layer.backward(net.top_vecs[i], [False], net.bottom_vecs[i])
+    assert main(["time", "--model", str(model), "--iterations", "1"]) == 0
