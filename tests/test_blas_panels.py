@@ -292,6 +292,24 @@ def test_row_panels_equal_the_plain_product_where_they_agree(n, depth, batch, fr
         assert agreed
 
 
+@pytest.mark.parametrize("group_bytes", [1, 3 * 21 * 32 * 10 * 4])
+def test_row_panels_in_groups_keep_the_bits(group_bytes, monkeypatch, fresh_rows):
+    """Whole panels summed a group at a time (one panel per group, or three: the last group
+    short) give the same result as all panels in one group, bit for bit."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8 * 32 + 5, 9216)).astype(np.float32)
+    x = rng.standard_normal((10, 9216)).astype(np.float32)
+    one_group, grouped = (np.empty((w.shape[0], 10), np.float32) for _ in range(2))
+    with parallel.blas_single_threaded():
+        blas_panels.row_panel_product(w, x.T, one_group, 32)
+        monkeypatch.setattr(blas_panels, "ROW_GROUP_BYTES", group_bytes)
+        blas_panels.row_panel_product(w, x.T, grouped, 32)
+        plain = np.matmul(w, x.T)
+    np.testing.assert_array_equal(grouped.view(np.uint32), one_group.view(np.uint32))
+    if blas_panels.row_panels_agree(w.shape[0], 9216, 10, 32):
+        np.testing.assert_array_equal(grouped.view(np.uint32), plain.view(np.uint32))
+
+
 def test_row_panels_in_other_blocks_are_caught_by_the_check(monkeypatch, fresh_rows):
     """Row panels that sum fc6's 9216-deep rows in blocks of 300 instead of the BLAS's 448
     round differently: the check sees it, and the layer then keeps the plain product."""

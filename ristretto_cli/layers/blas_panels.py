@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ristretto_cli import parallel
 from ristretto_cli.layers.im2col import scratch
@@ -87,22 +88,58 @@ def panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, width: int, cou
         np.matmul(a, b[..., split:], out=out[..., split:])
 
 
+#: Bytes of per-block products a group of row panels holds before they are summed.
+ROW_GROUP_BYTES = 1 << 19
+
+
+def _equal_block_runs(depth: int) -> list[tuple[int, int, int]]:
+    """``depth_blocks(depth)`` as runs of consecutive blocks of one width: ``(start, count,
+    width)``, so that each run is one stacked product."""
+    runs: list[list[int]] = []
+    for k0, k1 in depth_blocks(depth):
+        if runs and runs[-1][2] == k1 - k0:
+            runs[-1][1] += 1
+        else:
+            runs.append([k0, 1, k1 - k0])
+    return [(k0, count, width) for k0, count, width in runs]
+
+
 def row_panel_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int) -> None:
     """``out = a @ b`` for ``a`` ``(n, depth)`` with contiguous rows and a narrow ``b``
-    ``(depth, m)``: ``a``'s rows in panels of ``rows`` (the last panel the remainder), one
-    stacked product per depth block of the BLAS, the blocks' products added in order. Each
-    panel's product is small enough for the kernels that read their operands in place."""
+    ``(depth, m)``: ``a``'s rows in panels of ``rows``, each panel's product small enough for
+    the kernels that read their operands in place, depth block by depth block of the BLAS,
+    the blocks' products added in order. Whole panels go a group at a time, every depth block
+    of a panel before the next panel, so that ``a`` is read as a few long streams (fc6's
+    weights from memory: 0.76-0.79x the time of all panels block by block); the last rows
+    (fewer than ``rows``) as one panel."""
     n, depth = a.shape
+    m = out.shape[1]
     whole = n - n % rows
-
-    def multiply(k0: int, k1: int, target: np.ndarray) -> None:
-        bk = np.ascontiguousarray(b[k0:k1])
-        if whole:
-            np.matmul(a[:whole, k0:k1].reshape(whole // rows, rows, k1 - k0), bk,
-                      out=target[:whole].reshape(whole // rows, rows, out.shape[1]))
-        if whole < n:
-            np.matmul(a[whole:, k0:k1], bk, out=target[whole:])
-    _sum_over_depth_blocks(depth, out, multiply, "row_panel_block")
+    runs = _equal_block_runs(depth)
+    blocks = sum(count for _, count, _ in runs)
+    if whole:
+        item = a.itemsize
+        per_run = [np.ascontiguousarray(b[k0:k0 + count * width]).reshape(count, width, m)
+                   for k0, count, width in runs]
+        panels = whole // rows
+        group = max(1, min(panels, ROW_GROUP_BYTES // max(1, blocks * rows * m * out.itemsize)))
+        lead = out[:whole].reshape(panels, rows, m)
+        for p0 in range(0, panels, group):
+            g = min(group, panels - p0)
+            parts = scratch("row_panel_parts", (g, blocks, rows, m), out.dtype)
+            j = 0
+            for (k0, count, width), bk in zip(runs, per_run):
+                strips = as_strided(a[p0 * rows:, k0:], shape=(g, count, rows, width),
+                                    strides=(rows * a.strides[0], width * item, a.strides[0], item),
+                                    writeable=False)
+                np.matmul(strips, bk, out=parts[:, j:j + count])
+                j += count
+            # The blocks' products summed one after the other, as the BLAS adds them.
+            np.add.reduce(parts, axis=1, out=lead[p0:p0 + g])
+    if whole < n:
+        def multiply(k0: int, k1: int, target: np.ndarray) -> None:
+            np.matmul(a[whole:, k0:k1], np.ascontiguousarray(b[k0:k1]), out=target)
+        _sum_over_depth_blocks(depth, out[whole:], multiply, "row_panel_block")
 
 
 _agreed: dict[tuple, bool] = {}

@@ -55,7 +55,8 @@ def _add_product(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
 #: (4096 x 4096) 0.72-0.88x and 0.76-0.93x; but fc8 (1000 x 4096, 16 MB of weights)
 #: 1.04-1.10x, hence the least size. Products alone at batch 32: 0.64x and 0.93x; at batch 64
 #: slower (1.07-1.20x), hence the bound. Batches of 1-4 take another path in the BLAS, with
-#: other bits; the check (``row_panels_agree``) keeps them plain.
+#: other bits; the check (``row_panels_agree``) keeps them plain. Panels of 16 or 64 rows
+#: ran slower than 32 (fc6 alone: 1.18x and 1.43x the time).
 ROW_PANEL_ROWS = 32
 ROW_PANEL_MAX_BATCH = 32
 ROW_PANEL_MIN_MADDS = 1 << 26
