@@ -151,7 +151,9 @@ class Net:
                 raise RistrettoError("too many params specified for layer", layer=lp.name)
             layer.param_propagate_down = []
             for p in range(num_params):
-                spec = layer.param.param[p] if p < len(layer.param.param) else caffe_pb2.ParamSpec()
+                # The prototxt's specs, as Caffe reads them here: a layer's own additions
+                # (BatchNorm's lr_mult 0) only count for the updates (_append_param).
+                spec = lp.param[p] if p < len(lp.param) else caffe_pb2.ParamSpec()
                 layer.param_propagate_down.append(spec.lr_mult != 0)
                 need_backward |= spec.lr_mult != 0
             for p in range(num_params):

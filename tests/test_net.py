@@ -476,3 +476,32 @@ def test_concat_keeps_copying_in_a_net_that_trims_its_inputs():
         net.forward()
     assert not np.shares_memory(net.blobs["a"].data, net.blobs["c"].data)
     assert not np.array_equal(net.blobs["a"].data, net.blobs["c"].data[:, :5])  # c was trimmed, a not
+
+
+def test_batchnorm_without_param_specs_needs_backward_as_in_caffe():
+    """Caffe decides a layer's need for backward from the ParamSpecs written in the net;
+    BatchNorm's own lr_mult 0 specs are added to its copy only. So with none written, the
+    BatchNorm needs backward (default lr_mult 1), the layers above it pass gradients down to
+    it, and its backward writes the input's gradient: the same as with force_backward. Its
+    statistics are still never learned."""
+    text = '''
+layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "x" top: "b" }
+layer { name: "ip" type: "InnerProduct" bottom: "b" top: "h"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }'''
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    diffs = []
+    for prefix in ("", "force_backward: true\n"):
+        net = build(prefix + text, TRAIN, seed=3)
+        assert net.layer_need_backward[net.layer_names.index("bn")]
+        net.blobs["x"].data[...], net.blobs["y"].data[...] = x, y
+        net.forward()
+        net.backward()
+        diffs.append((net.blobs["x"].diff.copy(), net.blobs["b"].diff.copy()))
+    assert np.abs(diffs[0][0]).max() > 0 and np.abs(diffs[0][1]).max() > 0
+    np.testing.assert_array_equal(diffs[0][0], diffs[1][0])
+    np.testing.assert_array_equal(diffs[0][1], diffs[1][1])
+    bn_blobs = {id(b) for b in net.layers[net.layer_names.index("bn")].blobs}
+    assert all(p.lr_mult == 0 for p in net.learnable_params if id(p.blob) in bn_blobs)

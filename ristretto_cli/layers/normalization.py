@@ -91,8 +91,8 @@ class BatchNormLayer(Layer):
         write_top(bottom[0], top[0], y.reshape(bottom[0].shape).copy())
 
     def backward_cpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+        # The bottom's gradient whenever the net runs this backward, propagate_down or not,
+        # as Caffe's layer writes it.
         dy = self._view(top[0].diff)
         std = self._std[:, None]
         if self.use_global_stats:
