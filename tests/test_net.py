@@ -505,3 +505,31 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }
     np.testing.assert_array_equal(diffs[0][1], diffs[1][1])
     bn_blobs = {id(b) for b in net.layers[net.layer_names.index("bn")].blobs}
     assert all(p.lr_mult == 0 for p in net.learnable_params if id(p.blob) in bn_blobs)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_loss_weighted_top_keeps_its_weight_after_a_reshape(batch):
+    """A top with a loss weight carries the weight as its gradient; after the input is
+    reshaped (smaller or larger batch) the loss and the gradients are those of a net built
+    for the new shape, not a loss with no gradient behind it."""
+    text = '''
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: %d dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "sig" type: "Sigmoid" bottom: "h" top: "s" loss_weight: 2 }
+layer { name: "s2" type: "Sigmoid" bottom: "h" top: "t" loss_weight: 0.5 }'''
+    x = np.linspace(-1, 1, batch * 3, dtype=np.float32).reshape(batch, 3)
+    results = []
+    for reshaped in (True, False):
+        net = build(text % (2 if reshaped else batch), TRAIN, seed=7)
+        if reshaped:
+            net.blobs["x"].reshape((batch, 3))
+            net.reshape()
+        net.blobs["x"].data[...] = x
+        loss = net.forward()
+        net.clear_param_diffs()
+        net.backward()
+        results.append((loss, net.layers[net.layer_names.index("ip")].blobs[0].diff.copy()))
+    assert results[0][0] == results[1][0]
+    assert np.abs(results[1][1]).max() > 0
+    np.testing.assert_array_equal(results[0][1], results[1][1])

@@ -136,6 +136,8 @@ class Layer:
         loss = np.float32(0)
         for t, w in zip(top, self.loss_weights):
             if w != 0:
+                if not t.has_diff:      # a new shape dropped the weight the top's diff carries
+                    t.diff[...] = w
                 loss += np.float32(w) * np.float32(t.data.sum())
         return loss
 
