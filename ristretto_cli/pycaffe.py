@@ -201,10 +201,12 @@ class Net:
             raise RistrettoError(f"no layer named '{name}'") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
-        """Set the inputs given as keywords, run forward, return the output blobs (and ``blobs``)."""
+        """Set the inputs given as keywords (all of them, as pycaffe requires, or none), run
+        forward, return the output blobs (and ``blobs``)."""
+        if kwargs and set(kwargs) != set(self.inputs):
+            raise RistrettoError(f"Input blob arguments do not match net inputs: given {sorted(kwargs)}, "
+                                 f"the net's inputs are {self.inputs}")
         for name, value in kwargs.items():
-            if name not in self._net.input_names:
-                raise RistrettoError(f"'{name}' is not an input of the net (inputs: {self.inputs})")
             value = np.asarray(value)
             if value.shape != self._net.blobs[name].shape:
                 raise RistrettoError(f"input '{name}' has shape {value.shape}, the net expects "
@@ -217,8 +219,16 @@ class Net:
         return {name: self._net.blobs[name].data for name in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> dict:
-        """Set top diffs given as keywords, run backward, return the input diffs (and ``diffs``)."""
+        """Set the output diffs given as keywords (all of them, as pycaffe requires, or none),
+        run backward, return the input diffs (and ``diffs``)."""
+        if kwargs and set(kwargs) != set(self.outputs):
+            raise RistrettoError(f"Top diff arguments do not match net outputs: given {sorted(kwargs)}, "
+                                 f"the net's outputs are {self.outputs}")
         for name, value in kwargs.items():
+            value = np.asarray(value)
+            if value.shape[:1] != self._net.blobs[name].shape[:1]:
+                raise RistrettoError(f"diff '{name}' is not batch sized: {value.shape} for a blob of "
+                                     f"shape {self._net.blobs[name].shape}")
             self._net.blobs[name].diff[...] = value
         start_i = self._layer_index(start, len(self._net.layers) - 1)
         end_i = self._layer_index(end, 0)

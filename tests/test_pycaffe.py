@@ -73,8 +73,14 @@ def test_semantics_keyword_and_bad_inputs():
     with pytest.raises(Exception, match="semantics"):
         caffe.Net(DEPLOY, WEIGHTS, caffe.TEST, semantics="gpu")
     net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST, semantics="caffe-cpu")
-    with pytest.raises(Exception, match="not an input"):
-        net.forward(nope=np.zeros(1))
+    with pytest.raises(Exception, match="Input blob arguments do not match net inputs"):
+        net.forward(nope=np.zeros(1))          # keywords must be exactly the inputs, as pycaffe's
+    with pytest.raises(Exception, match="Input blob arguments do not match net inputs"):
+        net.forward(data=np.zeros(net.blobs["data"].data.shape, np.float32), nope=np.zeros(1))
+    with pytest.raises(Exception, match="Top diff arguments do not match net outputs"):
+        net.backward(ip2=np.zeros(1))
+    with pytest.raises(Exception, match="not batch sized"):
+        net.backward(prob=np.zeros((net.blobs["prob"].data.shape[0] + 1, 10), np.float32))
     with pytest.raises(Exception, match="reshape the blob first"):
         net.forward(data=np.zeros((1, 1, 28, 28), np.float32))
 
