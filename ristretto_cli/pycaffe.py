@@ -28,7 +28,13 @@ from ristretto_cli import pycaffe_io as io
 from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import BlobView as PyBlob
 from ristretto_cli.errors import RistrettoError
-from ristretto_cli.io import read_net_param, read_solver_param, read_weights, write_caffemodel
+from ristretto_cli.io import (
+    read_net_param,
+    read_solver_param,
+    read_weights,
+    write_caffemodel,
+    write_caffemodel_h5,
+)
 from ristretto_cli.layers import LAYER_TYPES
 from ristretto_cli.net import Net as _EngineNet
 from ristretto_cli.proto import caffe_pb2
@@ -111,8 +117,13 @@ class Net:
     ``stages``, ``semantics`` and ``seed``.
     """
 
-    def __init__(self, model_file, *args, weights: str | None = None, phase: int | None = None,
-                 level: int = 0, stages=None, semantics: str = "ristretto", seed: int | None = None):
+    def __init__(self, model_file=None, *args, weights: str | None = None, phase: int | None = None,
+                 level: int = 0, stages=None, semantics: str = "ristretto", seed: int | None = None,
+                 network_file=None):
+        if model_file is None:
+            model_file = network_file
+        if model_file is None:
+            raise TypeError("Net needs a model definition (network_file)")
         if len(args) == 2:
             weights, phase = args
         elif len(args) == 1:
@@ -186,6 +197,20 @@ class Net:
     @property
     def blob_loss_weights(self) -> OrderedDict:
         return OrderedDict((name, self._net.blob_loss_weights.get(name, 0.0)) for name in self._net.blobs)
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def _inputs(self) -> list[int]:
+        """The inputs as indices into ``_blob_names``."""
+        return [self._blob_names.index(name) for name in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        """The outputs as indices into ``_blob_names``."""
+        return [self._blob_names.index(name) for name in self.outputs]
 
     @property
     def engine(self) -> _EngineNet:
@@ -288,6 +313,26 @@ class Net:
         count = len(next(iter(kwargs.values())))
         return self._stacked(outs, count), self._stacked(grads, count)
 
+    def _forward(self, start: int, end: int) -> float:
+        """Layers ``start`` to ``end`` (indices, inclusive) forward; the loss."""
+        return float(self._net.forward(start, end))
+
+    def _backward(self, start: int, end: int) -> None:
+        """Layers ``start`` down to ``end`` (indices, inclusive) backward."""
+        self._net.backward(start, end)
+
+    def clear_param_diffs(self) -> None:
+        self._net.clear_param_diffs()
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Feed the net's first layer, which must be a MemoryData layer, with ``data`` (N x C
+        x H x W) and ``labels`` (N values)."""
+        first = self._net.layers[0] if self._net.layers else None
+        if first is None or first.type != "MemoryData":
+            raise RistrettoError("set_input_arrays may only be called if the first layer is a "
+                                 "MemoryData layer")
+        first.reset(data, labels)
+
     def reshape(self) -> None:
         self._net.reshape()
 
@@ -299,6 +344,14 @@ class Net:
 
     def save(self, path: str) -> None:
         write_caffemodel(str(path), self._net.to_proto())
+
+    def save_hdf5(self, path: str) -> None:
+        """The weights as HDF5 (``Net::ToHDF5``: shared parameters stored by their owner)."""
+        from ristretto_cli.solver.snapshot import h5_layers
+        write_caffemodel_h5(str(path), h5_layers(self._net, with_diff=False))
+
+    def load_hdf5(self, path: str) -> None:
+        self.copy_from(path)
 
     def __repr__(self) -> str:
         return repr(self._net)

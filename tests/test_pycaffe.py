@@ -242,3 +242,51 @@ def test_detector_context_crops_by_hand():
     np.testing.assert_array_equal(crop[4:, 4:], caffe.io.resize_image(im[0:20, 0:20], (28, 28)))
     plain = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS)
     np.testing.assert_array_equal(plain.crop(im, (2, 3, 10, 12)), im[2:10, 3:12])
+
+
+# ----------------------------------------------------------------------------- lower-level surface
+def test_underscored_api_hdf5_weights_and_network_file_keyword(tmp_path):
+    """pycaffe's lower-level members: ``_forward``/``_backward`` by layer index give what
+    ``forward``/``backward`` give, ``_inputs``/``_outputs`` index ``_blob_names``,
+    ``_blob_loss_weights`` follows the blobs; weights saved as HDF5 load back equal;
+    ``network_file=`` names the model."""
+    images, _ = mnist_images()
+    net = caffe.Net(network_file=DEPLOY, weights=WEIGHTS, phase=caffe.TEST)
+    net.blobs["data"].reshape(len(images), 1, 28, 28)
+    net.reshape()
+    want = net.forward(data=images)["prob"].copy()
+    dx = net.backward(prob=np.ones_like(want))["data"].copy()
+    net.blobs["data"].data[...] = images
+    net._forward(0, len(net.layers) - 1)
+    np.testing.assert_array_equal(net.blobs["prob"].data, want)
+    net.blobs["prob"].diff[...] = 1
+    net._backward(len(net.layers) - 1, 0)
+    np.testing.assert_array_equal(net.blobs["data"].diff, dx)
+    assert [net._blob_names[i] for i in net._inputs] == ["data"]
+    assert [net._blob_names[i] for i in net._outputs] == ["prob"]
+    assert net._blob_loss_weights == [0.0] * len(net._blob_names)
+    net.params["ip2"][0].diff[...] = 3
+    net.clear_param_diffs()
+    assert not net.params["ip2"][0].diff.any()
+    net.save_hdf5(str(tmp_path / "w.caffemodel.h5"))
+    other = caffe.Net(DEPLOY, caffe.TEST)
+    other.load_hdf5(str(tmp_path / "w.caffemodel.h5"))
+    for name, blobs in net.params.items():
+        for mine, theirs in zip(blobs, other.params[name]):
+            np.testing.assert_array_equal(mine.data, theirs.data)
+
+
+def test_set_input_arrays_feeds_a_memory_data_net(tmp_path):
+    model = tmp_path / "memory.prototxt"
+    model.write_text('layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+                     'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }\n'
+                     'layer { name: "p" type: "Power" bottom: "data" top: "twice" power_param { scale: 2 } }\n')
+    net = caffe.Net(str(model), caffe.TEST)
+    data = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    net.set_input_arrays(data, np.array([5, 6, 7, 8], np.float32))
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["twice"].data, 2 * data[:2])
+    assert list(net.blobs["label"].data.ravel()) == [5, 6]
+    deploy = caffe.Net(DEPLOY, caffe.TEST)
+    with pytest.raises(Exception, match="first layer is a MemoryData layer"):
+        deploy.set_input_arrays(data, np.zeros(4, np.float32))
