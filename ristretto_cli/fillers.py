@@ -15,15 +15,17 @@ from ristretto_cli.proto import caffe_pb2
 _VN = caffe_pb2.FillerParameter
 
 
-def _fans(shape) -> tuple[int, int]:
+def _fans(shape, kind: str) -> tuple[int, int]:
+    if not shape:               # Caffe reads shape(0), which a 0-axis blob does not have
+        raise RistrettoError(f"{kind} filler needs a blob with at least one axis")
     n = count(shape)
-    fan_in = n // shape[0] if len(shape) else n
+    fan_in = n // shape[0]
     fan_out = n // shape[1] if len(shape) > 1 else n
     return fan_in, fan_out
 
 
 def _variance_n(filler, shape) -> float:
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = _fans(shape, filler.type)
     if filler.variance_norm == _VN.FAN_OUT:
         return float(fan_out)
     if filler.variance_norm == _VN.AVERAGE:
@@ -38,26 +40,37 @@ def fill(filler: caffe_pb2.FillerParameter, shape, rng: np.random.Generator) -> 
     kind = filler.type
     if filler.sparse != -1 and kind != "gaussian":
         raise RistrettoError(f"filler '{kind}' does not support the sparse option")
+    if n == 0 and kind in ("constant", "uniform", "gaussian", "xavier", "msra"):
+        raise RistrettoError(f"{kind} filler needs a blob with at least one element")
     if kind == "constant":
-        if n == 0:
-            raise RistrettoError("constant filler needs a blob with at least one element")
         return np.full(shape, filler.value, np.float32)
     if kind == "uniform":
+        if filler.min > filler.max:
+            raise RistrettoError(f"uniform filler: min ({filler.min:g}) is above max ({filler.max:g})")
         return rng.uniform(filler.min, filler.max, shape).astype(np.float32)
     if kind == "gaussian":
+        if not filler.std > 0:
+            raise RistrettoError(f"gaussian filler: std must be positive, got {filler.std:g}")
+        if filler.sparse < -1:
+            raise RistrettoError(f"gaussian filler: sparse must be -1 (dense) or at least 0, "
+                                 f"got {filler.sparse}")
         out = rng.normal(filler.mean, filler.std, shape).astype(np.float32)
         if filler.sparse >= 0:
             if len(shape) < 1:
                 raise RistrettoError("sparse gaussian filler needs a blob with at least one axis")
             # Each weight survives with probability sparse / num_outputs.
             keep = filler.sparse / float(shape[0])
+            if keep > 1:
+                raise RistrettoError(f"sparse gaussian filler: sparse ({filler.sparse}) exceeds the "
+                                     f"blob's {shape[0]} outputs")
             out *= rng.random(shape) < keep
         return out
     if kind == "positive_unitball":
+        if not shape:
+            raise RistrettoError("positive_unitball filler needs a blob with at least one axis")
         out = rng.uniform(0.0, 1.0, shape).astype(np.float32)
-        if len(shape):
-            rows = out.reshape(shape[0], -1)
-            rows /= rows.sum(axis=1, keepdims=True)
+        rows = out.reshape(shape[0], -1)
+        rows /= rows.sum(axis=1, keepdims=True)
         return out
     if kind == "xavier":
         scale = np.sqrt(3.0 / _variance_n(filler, shape))
