@@ -15,9 +15,14 @@ from ristretto_cli.proto import caffe_pb2
 _VN = caffe_pb2.FillerParameter
 
 
+def _require_axis(shape, what: str) -> None:
+    """Caffe's fillers that read ``shape(0)`` stop on a blob without axes."""
+    if not shape:
+        raise RistrettoError(f"{what} filler needs a blob with at least one axis")
+
+
 def _fans(shape, kind: str) -> tuple[int, int]:
-    if not shape:               # Caffe reads shape(0), which a 0-axis blob does not have
-        raise RistrettoError(f"{kind} filler needs a blob with at least one axis")
+    _require_axis(shape, kind)
     n = count(shape)
     fan_in = n // shape[0]
     fan_out = n // shape[1] if len(shape) > 1 else n
@@ -56,8 +61,7 @@ def fill(filler: caffe_pb2.FillerParameter, shape, rng: np.random.Generator) -> 
                                  f"got {filler.sparse}")
         out = rng.normal(filler.mean, filler.std, shape).astype(np.float32)
         if filler.sparse >= 0:
-            if len(shape) < 1:
-                raise RistrettoError("sparse gaussian filler needs a blob with at least one axis")
+            _require_axis(shape, "sparse gaussian")
             # Each weight survives with probability sparse / num_outputs.
             keep = filler.sparse / float(shape[0])
             if keep > 1:
@@ -66,8 +70,7 @@ def fill(filler: caffe_pb2.FillerParameter, shape, rng: np.random.Generator) -> 
             out *= rng.random(shape) < keep
         return out
     if kind == "positive_unitball":
-        if not shape:
-            raise RistrettoError("positive_unitball filler needs a blob with at least one axis")
+        _require_axis(shape, kind)
         out = rng.uniform(0.0, 1.0, shape).astype(np.float32)
         rows = out.reshape(shape[0], -1)
         rows /= rows.sum(axis=1, keepdims=True)
