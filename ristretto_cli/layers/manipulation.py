@@ -90,7 +90,8 @@ class FlattenLayer(Layer):
         shape = bottom[0].shape
         start = layer_axis(self, p.axis, len(shape), "flatten axis")
         end = layer_axis(self, p.end_axis, len(shape), "flatten end_axis")
-        if end < start:
+        # end_axis == axis - 1 is allowed (Caffe's count(axis, axis) = 1 inserts a unit axis).
+        if end < start - 1:
             raise self.error(f"flatten end_axis {p.end_axis} comes before axis {p.axis}")
         new_shape = shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]
         top[0].data = bottom[0].data.reshape(new_shape)
@@ -426,18 +427,14 @@ class CropLayer(Layer):
     exact_tops = 1
     inplace_allowed = False
 
-    def layer_setup(self, bottom, top):
-        p = self.param.crop_param
-        ndim = bottom[0].num_axes
-        start = layer_axis(self, p.axis, ndim, "crop axis")
-        if len(p.offset) > 1 and start + len(p.offset) != ndim:
-            raise self.error(f"crop_param.offset must have one value or one per axis from axis "
-                             f"{start} ({ndim - start}), got {len(p.offset)}")
-
     def reshape(self, bottom, top):
         p = self.param.crop_param
         shape, ref = bottom[0].shape, bottom[1].shape
         start = layer_axis(self, p.axis, len(shape), "crop axis")
+        # Caffe checks this in LayerSetUp only; here too, for a bottom that gains axes later.
+        if len(p.offset) > 1 and start + len(p.offset) != len(shape):
+            raise self.error(f"crop_param.offset must have one value or one per axis from axis "
+                             f"{start} ({len(shape) - start}), got {len(p.offset)}")
         if len(ref) < len(shape):
             raise self.error(f"the crop reference (bottom 1, shape {ref}) has fewer axes than the "
                              f"cropped blob (bottom 0, shape {shape})")
