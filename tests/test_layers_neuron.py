@@ -86,6 +86,9 @@ NO_IN_PLACE = {"absval"}
 # Caffe's backward reads the bottom data, which in place is the output: a wrong gradient that
 # is nonetheless what Caffe computes, so it is reproduced (and checked) rather than fixed.
 IN_PLACE_READS_OUTPUT = {"bnll", "power", "power_frac", "log", "clip"}
+# Power and Log in place also overwrite dy with their local derivative d before multiplying by
+# it (the same array): Caffe's result is d * d (test_layers_neuron_edges.py has hand values).
+IN_PLACE_LOSES_DY = {"power", "power_frac", "log"}
 
 
 # --------------------------------------------------------------------------- generic behaviour
@@ -151,6 +154,10 @@ def test_in_place_backward(name, phase):
     ref_layer.forward(ref_bottoms, ref_tops)
     if name in IN_PLACE_READS_OUTPUT:
         ref_bottoms[0].data = y.copy()  # what Caffe's backward reads in place
+    if name in IN_PLACE_LOSES_DY:
+        ref_tops[0].diff = np.ones_like(dy)
+        ref_layer.backward(ref_tops, [True], ref_bottoms)
+        dy = ref_bottoms[0].diff.copy()  # d, which Caffe's in-place code multiplies by
     ref_tops[0].diff = dy.copy()
     ref_layer.backward(ref_tops, [True], ref_bottoms)
     np.testing.assert_array_equal(diff, ref_bottoms[0].diff)

@@ -143,6 +143,31 @@ def test_batchnorm_learnable_statistics_are_an_error(params):
     assert info.value.layer == "bn"
 
 
+@pytest.mark.parametrize("blobs", [
+    "blobs { shape { dim: 3 } data: [1, 1, 1] } blobs { shape { dim: 3 } data: [1, 1, 1] }",
+    "blobs { shape { dim: 2 } data: [1, 1] } blobs { shape { dim: 3 } data: [1, 1, 1] } "
+    "blobs { shape { dim: 1 } data: [1] }",
+    "blobs { shape { dim: 3 } data: [1, 1, 1] } blobs { shape { dim: 3 } data: [1, 1, 1] } "
+    "blobs { shape { dim: 2 } data: [1, 1] }",
+])
+@pytest.mark.parametrize("phase", [TRAIN, TEST])
+def test_batchnorm_preloaded_blobs_of_the_wrong_size_are_an_error(blobs, phase):
+    # Caffe reads blobs [0], [1] (C values) and [2] (one value) unchecked (a crash past their end);
+    # we require the sizes it creates
+    with pytest.raises(RistrettoError, match="BatchNorm") as info:
+        layer, b, t = setup(f'name: "bn" type: "BatchNorm" {blobs}', [rand(2, 3, 2)], phase=phase)
+        layer.forward(b, t)
+    assert info.value.layer == "bn"
+
+
+def test_batchnorm_preloaded_legacy_shaped_blobs_are_accepted():
+    blobs = ("blobs { num: 1 channels: 3 height: 1 width: 1 data: [2, 4, 6] } "
+             "blobs { shape { dim: 1 dim: 3 } data: [8, 8, 8] } blobs { shape { dim: 1 dim: 1 } data: [2] }")
+    x = rand(2, 3, 2)
+    check_forward(f'type: "BatchNorm" {blobs}', [x],
+                  [bn_reference(x, np.array([1.0, 2.0, 3.0]), np.full(3, 4.0))], rtol=1e-10)
+
+
 NET = """
 name: "n"
 force_backward: true
@@ -213,7 +238,8 @@ FLAGS = [(nv, ac) for nv in ("true", "false") for ac in ("true", "false")]
 def test_mvn_forward(nv, ac, shape):
     x = rand(*shape) * 3 + 1
     spec = f'type: "MVN" mvn_param {{ normalize_variance: {nv} across_channels: {ac} }}'
-    check_forward(spec, [x], [mvn_reference(x, nv == "true", ac == "true")], rtol=1e-10)
+    top = shape + (1,) * (4 - len(shape))  # Caffe's top is 4-D
+    check_forward(spec, [x], [mvn_reference(x, nv == "true", ac == "true").reshape(top)], rtol=1e-10)
 
 
 def test_mvn_eps_is_added_to_the_standard_deviation():
@@ -234,14 +260,50 @@ def test_mvn_in_place(nv):
     layer, b, _ = setup(spec, [x], in_place=True)
     arr = b[0].data
     layer.forward(b, b)
-    assert b[0].data is arr
-    np.testing.assert_allclose(arr, mvn_reference(x, nv == "true", False), rtol=1e-10)
+    assert b[0].data is arr and arr.shape == (2, 3, 4, 1)  # the 4-D view setup gave the blob
+    np.testing.assert_allclose(arr, mvn_reference(x, nv == "true", False).reshape(2, 3, 4, 1), rtol=1e-10)
     check_gradient(spec, [x], in_place=True)
 
 
 def test_mvn_more_than_four_axes_is_an_error():
     with pytest.raises(RistrettoError, match="at most 4 axes"):
         setup('type: "MVN"', [rand(1, 2, 1, 2, 2)])
+
+
+@pytest.mark.parametrize("shape, top", [((3, 5), (3, 5, 1, 1)), ((2, 3, 4), (2, 3, 4, 1)),
+                                        ((6,), (6, 1, 1, 1)), ((2, 3, 2, 2), (2, 3, 2, 2))])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_mvn_top_has_the_legacy_4d_shape(shape, top, in_place):
+    # Caffe's MVN Reshape: top->Reshape(num(), channels(), height(), width())
+    x = rand(*shape)
+    layer = make_layer('type: "MVN"')
+    bottom = Blob(data=x.copy())
+    memory = bottom.data
+    tops = [bottom] if in_place else [Blob()]
+    layer.setup([bottom], tops)
+    layer.forward([bottom], tops)
+    assert tops[0].shape == top
+    want = mvn_reference(x, True, False)
+    np.testing.assert_allclose(tops[0].data, want.reshape(top), rtol=1e-10)
+    if in_place:  # the values land in the bottom's memory, which other blobs may view
+        np.testing.assert_allclose(memory, want, rtol=1e-10)
+    else:
+        assert bottom.shape == shape
+        np.testing.assert_array_equal(memory, x)
+    tops[0].diff = np.ones(top)
+    layer.backward(tops, [True], [bottom])
+    assert bottom.diff.shape == bottom.shape
+    np.testing.assert_allclose(bottom.diff, 0, atol=1e-12)  # a constant dy has no effect
+
+
+def test_mvn_2d_top_in_a_net_is_4d():
+    text = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 5 } } }
+layer { name: "mvn" type: "MVN" bottom: "x" top: "y" }
+layer { name: "f" type: "Flatten" bottom: "y" top: "z" flatten_param { axis: 2 } }"""
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TEST)
+    assert net.blobs["y"].shape == (3, 5, 1, 1)
+    assert net.blobs["z"].shape == (3, 5, 1)
 
 
 # ----------------------------------------------------------------------------- Scale

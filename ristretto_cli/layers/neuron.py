@@ -11,7 +11,9 @@ In place (``top[0] is bottom[0]``) every forward writes into the bottom's array,
 backward overwrites the shared gradient, as Caffe's shared memory does. Backward passes read
 the bottom data exactly as Caffe does, so in place they see the *output*: correct for ReLU,
 ELU, Sigmoid, TanH, Exp, Dropout and Swish; PReLU caches its input like Caffe; Power, Log, BNLL
-and Clip reproduce Caffe's (mathematically wrong) in-place gradients.
+and Clip reproduce Caffe's (mathematically wrong) in-place gradients. Power and Log in place
+also lose dy as Caffe does: it writes the local derivative d over the shared gradient and then
+multiplies by it, so dx = d * d (``_times_dy``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def _c_pow(base: np.ndarray, exponent: float) -> np.ndarray:
         if fix_neg_inf is not None:
             base[fix_neg_inf] = np.inf
     return base
+
+
+def _times_dy(top, bottom, dy: np.ndarray, d: np.ndarray, dx: np.ndarray) -> None:
+    """``dx = dy * d``; in place ``d * d``: Caffe's Power and Log store d in the shared
+    gradient array, then multiply it by the top gradient, which is now d itself."""
+    np.multiply(d if top[0] is bottom[0] else dy, d, out=dx)
 
 
 class NeuronLayer(Layer):
@@ -444,7 +452,7 @@ class PowerLayer(NeuronLayer):
             dx.fill(0)  # Caffe sets 0 without multiplying by dy (so even NaN dy gives 0)
             return
         if power == 1:
-            np.multiply(dy, diff_scale, out=dx)
+            _times_dy(top, bottom, dy, diff_scale, dx)  # in place: diff_scale * diff_scale
             return
         work = self.scratch(dx, top, bottom)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -466,7 +474,7 @@ class PowerLayer(NeuronLayer):
                 np.divide(y, work, out=work)
                 if diff_scale != 1:
                     work *= diff_scale
-            np.multiply(dy, work, out=dx)
+            _times_dy(top, bottom, dy, work, dx)
 
 
 def _log_base(layer: Layer, base: float, dt):
@@ -572,7 +580,7 @@ class LogLayer(NeuronLayer):
             np.reciprocal(work, out=work)  # Caffe's powx(t, -1)
         if num_scale != 1:
             work *= num_scale
-        np.multiply(dy, work, out=dx)
+        _times_dy(top, bottom, dy, work, dx)
 
 
 # --------------------------------------------------------------------------- others

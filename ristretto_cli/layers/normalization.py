@@ -30,10 +30,16 @@ class BatchNormLayer(Layer):
         if not shape:
             raise self.error("BatchNorm needs a bottom with at least one axis")
         self._channels = 1 if len(shape) == 1 else shape[1]
+        c = self._channels
         if not self.blobs:
-            c = self._channels
             self.blobs = [Blob(data=np.zeros((c,), np.float32)), Blob(data=np.zeros((c,), np.float32)),
                           Blob(data=np.zeros((1,), np.float32))]
+        # Preloaded blobs: Caffe reads them unchecked (past their end if short); sizes by count,
+        # so legacy (1, C, 1, 1) shapes pass.
+        counts = [blob.count for blob in self.blobs]
+        if counts != [c, c, 1]:
+            raise self.error(f"BatchNorm needs 3 blobs of {c}, {c} and 1 values for {c} channels, "
+                             f"got {len(counts)} blob(s) of {counts} values")
         # The Net decides learnability from these ParamSpecs after setup: mask the statistics.
         for i in range(len(self.blobs)):
             if len(self.param.param) == i:
@@ -117,8 +123,12 @@ class MVNLayer(Layer):
         shape = bottom[0].shape
         if len(shape) > 4:
             raise self.error(f"MVN works on blobs of at most 4 axes, got shape {shape}")
+        # Caffe gives the top the legacy 4-D shape (num, channels, height, width), in place too.
+        shape4 = tuple(shape) + (1,) * (4 - len(shape))
         if top[0] is not bottom[0]:
-            top[0].reshape(shape)
+            top[0].reshape(shape4)
+        elif shape != shape4:
+            bottom[0].data = bottom[0].data.reshape(shape4)  # trailing 1s: a view, never a copy
 
     def _rows(self, shape) -> tuple[int, int]:
         # Caffe's legacy num()/channels(): missing axes count as 1.
@@ -138,7 +148,7 @@ class MVNLayer(Layer):
             var = (y * y).sum(axis=1) * inv_dim
             self._sd = np.sqrt(var) + dt.type(p.eps)  # eps is added to the standard deviation
             y = y / self._sd[:, None]
-        write_top(bottom[0], top[0], y.reshape(bottom[0].shape))
+        write_top(bottom[0], top[0], y.reshape(top[0].shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
