@@ -75,6 +75,9 @@ class Net:
         self.bottom_need_backward: list[list[bool]] = []
         self.layer_need_backward: list[bool] = []
         self.blobs: dict[str, Blob] = {}
+        #: Every top blob in creation order, with its loss weight, the anonymous tops of loss
+        #: layers included as ``(automatic)`` (pycaffe's ``_blob_names`` lists them).
+        self.blob_entries: list[tuple[str, Blob, float]] = []
         self.blob_loss_weights: dict[str, float] = {}
         self.input_names: list[str] = []
         self.params: list[Blob] = []              # every parameter blob, per layer in order
@@ -142,6 +145,13 @@ class Net:
             for name, w in zip(top_names, layer.loss_weights):
                 if name is not None:
                     self.blob_loss_weights[name] = w
+            weights = list(layer.loss_weights) + [0.0] * len(tops)
+            for j, t in enumerate(tops):
+                if j < len(bottoms) and t is bottoms[j]:     # in place: the blob's entry
+                    k = max(k for k, e in enumerate(self.blob_entries) if e[1] is t)
+                    self.blob_entries[k] = (t.name, t, float(weights[j]))
+                else:
+                    self.blob_entries.append((t.name, t, float(weights[j])))
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_need_backward.append(bottom_need)

@@ -8,8 +8,9 @@
 
 Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
 ``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, ``Detector``, the solvers
-(``get_solver``, ``SGDSolver``, ...) and net specifications (``NetSpec``, ``layers``,
-``params``, ``to_proto``).
+(``get_solver``, ``SGDSolver``, ...), net specifications (``NetSpec``, ``layers``,
+``params``, ``to_proto``) and Caffe 1.0's other module names (``init_log``, ``log``,
+``Timer``, ``__version__``, the NCCL stand-ins of a build without NCCL).
 
 Beyond pycaffe: ``semantics='caffe-cpu'`` selects the compatibility rules of the Ristretto
 number formats (see docs), and ``seed=`` seeds every random draw of the net.
@@ -18,6 +19,9 @@ number formats (see docs), and ``seed=`` seeds every random draw of the net.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import time
 import warnings
 from collections import OrderedDict
 
@@ -43,7 +47,32 @@ from ristretto_cli.pycaffe_netspec import NetSpec, layers, params, to_proto
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
+#: Caffe 1.0's CAFFE_VERSION.
+__version__ = "1.0.0"
+
 _random_seed: int | None = None
+_solver_count = 1
+_solver_rank = 0
+_multiprocess = False
+
+
+class _RuntimeError(RistrettoError, RuntimeError):
+    """Where pycaffe raises RuntimeError (a file it cannot open)."""
+
+
+class _ValueError(RistrettoError, ValueError):
+    """Where pycaffe raises ValueError (a layer name it cannot find)."""
+
+
+def _check_file(path) -> str:
+    """pycaffe's CheckFile: the file must open before anything is read."""
+    path = os.fsdecode(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError:
+        raise _RuntimeError(f"Could not open file {path}") from None
+    return path
 
 
 def set_mode_cpu() -> None:
@@ -69,6 +98,93 @@ def set_random_seed(seed: int) -> None:
     _random_seed = int(seed)
 
 
+_GLOG_LEVELS = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def init_log(level: int | None = None, stderr: bool = True) -> None:
+    """Show the log on stderr from glog level ``level`` up (0 INFO, 1 WARNING, 2 ERROR,
+    3 FATAL; default ``$GLOG_minloglevel`` or 0). Always stderr: ``stderr`` is accepted
+    for pycaffe's signature, no glog files are written."""
+    from ristretto_cli import log as _log
+    if level is None:
+        level = int(os.environ.get("GLOG_minloglevel", 0))
+    _log.configure()
+    _log.logger.setLevel(_GLOG_LEVELS[min(max(int(level), 0), 3)])
+
+
+def log(message: str) -> None:
+    """One INFO line in the log (``init_log`` shows it)."""
+    from ristretto_cli.log import logger
+    logger.info("%s", message)
+
+
+def has_nccl() -> bool:
+    """No NCCL: multi-GPU training is not available."""
+    return False
+
+
+def solver_count() -> int:
+    return _solver_count
+
+
+def set_solver_count(count: int) -> None:
+    """Recorded only (one process, one solver)."""
+    global _solver_count
+    _solver_count = int(count)
+
+
+def solver_rank() -> int:
+    return _solver_rank
+
+
+def set_solver_rank(rank: int) -> None:
+    global _solver_rank
+    _solver_rank = int(rank)
+
+
+def set_multiprocess(multiprocess: bool) -> None:
+    global _multiprocess
+    _multiprocess = bool(multiprocess)
+
+
+class NCCL:
+    """pycaffe's NCCL in a build without NCCL: constructed, does nothing (also when given to
+    ``solver.add_callback``)."""
+
+    def __init__(self, solver, uid):
+        self.solver = solver
+        self.uid = uid
+
+
+class Timer:
+    """pycaffe's Timer: ``start()``, ``stop()``, ``ms`` (the last start to stop; stops a
+    running timer; 0 before any start). Fractional milliseconds, where Caffe's CPU timer
+    gives whole ones."""
+
+    def __init__(self):
+        self._running = False
+        self._has_run = False
+        self._start = self._stop = 0.0
+
+    def start(self) -> None:
+        if not self._running:
+            self._start = time.perf_counter()
+            self._running = self._has_run = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._stop = time.perf_counter()
+            self._running = False
+
+    @property
+    def ms(self) -> float:
+        if not self._has_run:
+            warnings.warn("Timer has never been run before reading time.", RuntimeWarning, stacklevel=2)
+            return 0.0
+        self.stop()
+        return (self._stop - self._start) * 1000.0
+
+
 class Layer:
     """Base class of Python layers (``type: "Python"``, see ``layers/python_layer.py``), as
     pycaffe's ``caffe.Layer``. The net sets ``param_str``, ``phase`` and ``blobs`` (parameter
@@ -77,6 +193,10 @@ class Layer:
 
     def __init__(self, param=None):
         self.layer_param = param
+
+    @property
+    def type(self) -> str:
+        return "Python"
 
     def setup(self, bottom, top) -> None:
         """Once, before the first reshape: read ``param_str``, check the bottoms."""
@@ -91,8 +211,13 @@ class Layer:
         raise NotImplementedError("this Python layer has no backward")
 
 
+def _engine_blobs(blobs) -> list:
+    return [b._blob if isinstance(b, PyBlob) else b for b in blobs]
+
+
 class PyLayer:
-    """A layer as pycaffe shows it: ``type`` and ``blobs``."""
+    """A layer as pycaffe shows it: ``type``, ``blobs``, ``setup`` (LayerSetUp) and
+    ``reshape``, the last two with pycaffe blobs (e.g. ``[net.blobs['data']]``)."""
 
     def __init__(self, layer):
         self._layer = layer
@@ -105,16 +230,28 @@ class PyLayer:
     def blobs(self) -> list[PyBlob]:
         return [PyBlob(b) for b in self._layer.blobs]
 
+    def setup(self, bottom, top) -> None:
+        self._layer.layer_setup(_engine_blobs(bottom), _engine_blobs(top))
+
+    def reshape(self, bottom, top) -> None:
+        self._layer.reshape(_engine_blobs(bottom), _engine_blobs(top))
+
     def __repr__(self) -> str:
         return f"<Layer {self._layer.name!r} type={self.type}>"
+
+
+def _py_layer(layer):
+    """A Python layer is the object its module's class built, as in pycaffe."""
+    impl = getattr(layer, "impl", None) if layer.type == "Python" else None
+    return impl if impl is not None else PyLayer(layer)
 
 
 class Net:
     """pycaffe's Net.
 
-    Accepts ``Net(model, phase)``, ``Net(model, weights, phase)``,
-    ``Net(model, phase, weights=w)`` and pycaffe's keyword spellings, plus ``level``,
-    ``stages``, ``semantics`` and ``seed``.
+    Accepts ``Net(model, weights, phase)`` and pycaffe's
+    ``Net(network_file, phase, level=0, stages=None, weights=None)`` (positionally or by
+    keyword), plus ``semantics`` and ``seed``. Files that cannot be opened: RuntimeError.
     """
 
     def __init__(self, model_file=None, *args, weights: str | None = None, phase: int | None = None,
@@ -124,18 +261,25 @@ class Net:
             model_file = network_file
         if model_file is None:
             raise TypeError("Net needs a model definition (network_file)")
-        if len(args) == 2:
-            weights, phase = args
-        elif len(args) == 1:
-            if isinstance(args[0], (str, bytes)):
-                weights = args[0]
-            else:
-                phase = args[0]
-        elif len(args) > 2:
-            raise TypeError("Net(model, [weights,] phase)")
+        if args and isinstance(args[0], (str, bytes, os.PathLike)):    # Net(model, weights, phase)
+            if len(args) > 2:
+                raise TypeError("Net(model, weights, phase)")
+            weights = args[0]
+            phase = args[1] if len(args) == 2 else phase
+        elif len(args) > 4:
+            raise TypeError("Net(network_file, phase, level=0, stages=None, weights=None)")
+        else:                                   # pycaffe's keywords, positionally
+            given = dict(zip(("phase", "level", "stages", "weights"), args))
+            phase = given.get("phase", phase)
+            level = given.get("level", level)
+            stages = given.get("stages", stages)
+            weights = given.get("weights", weights)
         if phase is None:
             raise TypeError("Net needs a phase (caffe.TRAIN or caffe.TEST)")
-        param = read_net_param(str(model_file))
+        model_file = _check_file(model_file)
+        if weights:
+            weights = _check_file(weights)
+        param = read_net_param(model_file)
         self._net = _EngineNet(param, int(phase), level=level, stages=list(stages or []),
                                semantics=semantics, seed=seed if seed is not None else _random_seed)
         if weights:
@@ -151,7 +295,9 @@ class Net:
     # ------------------------------------------------------------------ pycaffe surface
     @property
     def blobs(self) -> OrderedDict:
-        return OrderedDict((name, PyBlob(b)) for name, b in self._net.blobs.items())
+        # As pycaffe's dict of (_blob_names, _blobs): a repeated '(automatic)' keeps its first
+        # place and its last blob.
+        return OrderedDict((name, PyBlob(b)) for name, b, _ in self._net.blob_entries)
 
     @property
     def params(self) -> OrderedDict:
@@ -159,12 +305,12 @@ class Net:
                            for layer in self._net.layers if layer.blobs)
 
     @property
-    def layers(self) -> list[PyLayer]:
-        return [PyLayer(layer) for layer in self._net.layers]
+    def layers(self) -> list:
+        return [_py_layer(layer) for layer in self._net.layers]
 
     @property
     def layer_dict(self) -> OrderedDict:
-        return OrderedDict((layer.name, PyLayer(layer)) for layer in self._net.layers)
+        return OrderedDict((layer.name, _py_layer(layer)) for layer in self._net.layers)
 
     @property
     def _layer_names(self) -> list[str]:
@@ -172,7 +318,7 @@ class Net:
 
     @property
     def _blob_names(self) -> list[str]:
-        return list(self._net.blobs)
+        return [name for name, _, _ in self._net.blob_entries]
 
     @property
     def top_names(self) -> OrderedDict:
@@ -196,11 +342,11 @@ class Net:
 
     @property
     def blob_loss_weights(self) -> OrderedDict:
-        return OrderedDict((name, self._net.blob_loss_weights.get(name, 0.0)) for name in self._net.blobs)
+        return OrderedDict((name, w) for name, _, w in self._net.blob_entries)
 
     @property
     def _blob_loss_weights(self) -> list[float]:
-        return list(self.blob_loss_weights.values())
+        return [w for _, _, w in self._net.blob_entries]
 
     @property
     def _inputs(self) -> list[int]:
@@ -223,7 +369,7 @@ class Net:
         try:
             return self._net.layer_names.index(name)
         except ValueError:
-            raise RistrettoError(f"no layer named '{name}'") from None
+            raise _ValueError(f"no layer named '{name}'") from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
         """Set the inputs given as keywords (all of them, as pycaffe requires, or none), run
@@ -233,10 +379,11 @@ class Net:
                                  f"the net's inputs are {self.inputs}")
         for name, value in kwargs.items():
             value = np.asarray(value)
-            if value.shape != self._net.blobs[name].shape:
-                raise RistrettoError(f"input '{name}' has shape {value.shape}, the net expects "
-                                     f"{self._net.blobs[name].shape}; reshape the blob first")
-            self._net.blobs[name].data[...] = value
+            blob = self._net.blobs[name]
+            if value.shape[:1] != blob.shape[:1]:      # pycaffe checks the batch, then broadcasts
+                raise RistrettoError(f"Input is not batch sized: input '{name}' has shape {value.shape}, "
+                                     f"the net expects {blob.shape}; reshape the blob first")
+            blob.data[...] = value
         start_i = self._layer_index(start, 0)
         end_i = self._layer_index(end, len(self._net.layers) - 1)
         self._net.forward(start_i, end_i)
@@ -329,9 +476,12 @@ class Net:
         x H x W) and ``labels`` (N values)."""
         first = self._net.layers[0] if self._net.layers else None
         if first is None or first.type != "MemoryData":
-            raise RistrettoError("set_input_arrays may only be called if the first layer is a "
-                                 "MemoryData layer")
-        first.reset(data, labels)
+            raise _RuntimeError("set_input_arrays may only be called if the first layer is a "
+                                "MemoryData layer")
+        try:
+            first.reset(data, labels)
+        except RistrettoError as exc:           # pycaffe: std::runtime_error
+            raise _RuntimeError(str(exc)) from exc
 
     def reshape(self) -> None:
         self._net.reshape()
@@ -492,7 +642,8 @@ class Detector(Net):
 class Solver:
     """pycaffe's Solver: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``,
     ``step(n)``, ``solve()``, ``restore(path)``, ``snapshot()``, ``apply_update()``,
-    ``share_weights(net)``. Logs as ``caffe train`` does; no progress bar."""
+    ``share_weights(net)``, ``add_callback(on_start, on_gradients_ready)``. Logs as
+    ``caffe train`` does; no progress bar."""
 
     #: The update rule this class stands for (None: the solver file's ``type``).
     solver_type: str | None = None
@@ -540,6 +691,15 @@ class Solver:
     def apply_update(self) -> None:
         self._solver.apply_update()
 
+    def add_callback(self, on_start, on_gradients_ready=None) -> None:
+        """Caffe's Solver::Step calls ``on_start()`` each iteration before its passes and
+        ``on_gradients_ready()`` before the update. An ``NCCL`` alone: nothing to do."""
+        if on_gradients_ready is None:
+            if isinstance(on_start, NCCL):
+                return
+            raise TypeError("add_callback(on_start, on_gradients_ready)")
+        self._solver.callbacks.append((on_start, on_gradients_ready))
+
     def share_weights(self, net: Net) -> None:
         """Let ``net`` use this solver's weights (by layer name), as a test net does."""
         net.engine.share_trained_layers_with(self._solver.net)
@@ -564,7 +724,9 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
     return Solver(solver_file, semantics=semantics)
 
 
-__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "Net",
-           "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
-           "get_solver", "io", "layer_type_list", "layers", "net_spec", "params", "proto",
-           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "to_proto"]
+__all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "NCCL",
+           "Net", "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
+           "Timer", "get_solver", "has_nccl", "init_log", "io", "layer_type_list", "layers", "log",
+           "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
+           "set_multiprocess", "set_random_seed", "set_solver_count", "set_solver_rank",
+           "solver_count", "solver_rank", "to_proto"]

@@ -6,10 +6,9 @@ uses scikit-image: the same pixels on reading; resizing is bilinear from pixel c
 well, but scikit-image's border handling (and, in its newer versions, smoothing before
 shrinking) can differ in the last digits near the edges.
 
-Two pycaffe slips are not copied: ``Transformer.preprocess`` never writes into the caller's
-array (pycaffe scales a float32 input of the right size in place), and ``deprocess``
-undoes any channel order and transposition (pycaffe applies the channel order again and
-composes the transposition with itself, which undo only some of them).
+One pycaffe slip is not copied: ``Transformer.preprocess`` never writes into the caller's
+array (pycaffe modifies a float32 input of the right size in place unless a channel swap
+copied it first).
 """
 
 from __future__ import annotations
@@ -89,6 +88,11 @@ def datum_to_array(datum) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- images
+class _UnreadableImage(ValueError, OSError):
+    """A file ``load_image`` cannot read: an OSError as scikit-image's in pycaffe (and a
+    ValueError, as before)."""
+
+
 #: scikit-image's luminance weights for R, G, B (what pycaffe's grayscale reading uses).
 _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 
@@ -99,7 +103,7 @@ def load_image(filename, color: bool = True) -> np.ndarray:
     an alpha channel is dropped."""
     raw = cv2.imread(str(filename), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"{filename}: cannot read an image from this file")
+        raise _UnreadableImage(f"{filename}: cannot read an image from this file")
     if np.issubdtype(raw.dtype, np.integer):
         img = raw.astype(np.float64) / np.iinfo(raw.dtype).max
     else:
@@ -210,7 +214,9 @@ class Transformer:
     def deprocess(self, in_, data) -> np.ndarray:
         """The inverse of ``preprocess`` (resizing aside): a net input back to an image."""
         self._check_input(in_)
-        out = np.array(data, dtype=np.float32).squeeze()
+        out = np.array(data).squeeze()              # a copy in its own dtype, as pycaffe
+        if not np.issubdtype(out.dtype, np.floating):
+            out = out.astype(np.float32)
         if in_ in self.input_scale:
             out /= self.input_scale[in_]
         if in_ in self.mean:

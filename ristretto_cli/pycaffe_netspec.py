@@ -69,6 +69,11 @@ class Top:
         self.fn = fn
         self.index = index
 
+    @property
+    def n(self) -> int:
+        """pycaffe's name for ``index``."""
+        return self.index
+
     def to_proto(self) -> caffe_pb2.NetParameter:
         """The net of every layer this top depends on."""
         return to_proto(self)
@@ -92,6 +97,11 @@ class _Function:
                 raise TypeError(f"{type_name}: bottom {i} is {type(bottom).__name__}, not a layer's "
                                 f"top (fields go as keywords)")
         self.tops = tuple(Top(self, i) for i in range(self.ntop))
+
+    @property
+    def params(self) -> dict:
+        """pycaffe's name for ``fields`` (the same dict: editing it edits the layer)."""
+        return self.fields
 
     @staticmethod
     def _auto_name(key, type_name: str, names: dict, autonames: Counter) -> str:
@@ -214,6 +224,9 @@ class _Params:
             raise AttributeError(f"caffe.proto has no {type_name}Parameter")
         return message
 
+
+#: pycaffe's names of the classes.
+Function, Layers, Parameters = _Function, _Layers, _Params
 
 layers = _Layers()
 params = _Params()

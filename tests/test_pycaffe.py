@@ -290,3 +290,35 @@ def test_set_input_arrays_feeds_a_memory_data_net(tmp_path):
     deploy = caffe.Net(DEPLOY, caffe.TEST)
     with pytest.raises(Exception, match="first layer is a MemoryData layer"):
         deploy.set_input_arrays(data, np.zeros(4, np.float32))
+
+
+ANONYMOUS_LOSSES = """name: "anonymous"
+layer { name: "data" type: "Input" top: "x" top: "label"
+        input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" }
+layer { name: "half" type: "EuclideanLoss" bottom: "x" bottom: "x" loss_weight: 0.5 }
+layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" }
+"""
+
+
+def test_anonymous_loss_tops_are_listed_as_automatic(tmp_path):
+    """Caffe names a loss layer's missing top '(automatic)' in the net's blob list (never an
+    output); pycaffe's ``blobs`` dict then keeps the first place and the last blob."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(ANONYMOUS_LOSSES)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    splits = ["x_data_0_split_0", "x_data_0_split_1", "x_data_0_split_2", "x_data_0_split_3",
+              "label_data_1_split_0", "label_data_1_split_1"]
+    names = ["x", "label", *splits, "(automatic)", "(automatic)", "acc"]
+    assert net._blob_names == names
+    assert list(net.blobs) == ["x", "label", *splits, "(automatic)", "acc"]
+    assert net._blob_loss_weights == [0.0] * 8 + [1.0, 0.5, 0.0]
+    assert net.outputs == ["acc"] and net._outputs == [10]
+    net.blobs["x"].data[...] = [[1, 2, 3], [3, 2, 1]]
+    net.blobs["label"].data[...] = [2, 0]
+    assert net.forward() == {"acc": 1.0}
+    # the EuclideanLoss of x against itself is 0; it is the last '(automatic)' blob
+    assert net.blobs["(automatic)"].data == 0.0
+    softmax = np.log(np.exp([1, 2, 3]).sum()) - 3            # both rows: -log p(right class)
+    loss_blobs = [b for name, b, _ in net.engine.blob_entries if name == "(automatic)"]
+    assert loss_blobs[0].data == pytest.approx(softmax, rel=1e-6)

@@ -156,7 +156,7 @@ def test_transformer_resizes_swaps_scales_and_undoes_it():
 
 
 def test_transformer_deprocess_inverts_any_axis_order():
-    # Undone by applying them again (as pycaffe's deprocess does) neither would come back.
+    # Undone by applying them again (as pycaffe's deprocess did before rc3) neither would come back.
     t = caffe.io.Transformer({"data": (1, 4, 5, 5)})
     t.set_transpose("data", (2, 1, 0))
     t.set_channel_swap("data", (1, 2, 3, 0))

@@ -75,6 +75,9 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.requested_early_exit = False
+        #: ``(on_start, on_gradients_ready)`` pairs, called in each iteration before its
+        #: passes and before its update (pycaffe's ``add_callback``).
+        self.callbacks: list[tuple] = []
         self.losses: list[np.float32] = []
         self.smoothed_loss = _F(0)
         self._bar = None
@@ -126,6 +129,8 @@ class Solver:
                     break
             display = bool(p.display) and self.iter % p.display == 0
             self.net.reseed(self.seed, 0, self.iter)
+            for on_start, _ in self.callbacks:
+                on_start()
             loss = _F(0)
             for _ in range(p.iter_size):
                 loss += self.net.forward_backward()
@@ -139,6 +144,8 @@ class Solver:
                 timer = time.perf_counter()
                 iterations_last = self.iter
                 self._log_outputs(self.net, "Train", [b.data for b in self.net.output_blobs])
+            for _, on_gradients_ready in self.callbacks:
+                on_gradients_ready()
             self.apply_update(display)
             if self._bar is not None:
                 self._bar.update(1)
