@@ -43,3 +43,12 @@ class RistrettoError(Exception):
         if self.layer is None and layer is not None:
             self.layer = layer
         return self
+
+
+class LayerCodeError(RistrettoError):
+    """An exception raised by a Python layer's own code, as one line naming the layer;
+    ``original`` is that exception (pycaffe lets it through unchanged)."""
+
+    def __init__(self, message: str, original: BaseException, *, layer: str | None = None):
+        super().__init__(message, layer=layer)
+        self.original = original

@@ -18,6 +18,7 @@ number formats (see docs), and ``seed=`` seeds every random draw of the net.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -31,7 +32,7 @@ from ristretto_cli import proto
 from ristretto_cli import pycaffe_io as io
 from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import BlobView as PyBlob
-from ristretto_cli.errors import RistrettoError
+from ristretto_cli.errors import LayerCodeError, RistrettoError
 from ristretto_cli.io import (
     read_net_param,
     read_solver_param,
@@ -73,6 +74,17 @@ def _check_file(path) -> str:
     except OSError:
         raise _RuntimeError(f"Could not open file {path}") from None
     return path
+
+
+def _layer_code_passes(method):
+    """pycaffe lets a Python layer's own exception through unchanged (the CLI prints one line)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except LayerCodeError as exc:
+            raise exc.original from None
+    return wrapper
 
 
 def set_mode_cpu() -> None:
@@ -230,9 +242,11 @@ class PyLayer:
     def blobs(self) -> list[PyBlob]:
         return [PyBlob(b) for b in self._layer.blobs]
 
+    @_layer_code_passes
     def setup(self, bottom, top) -> None:
         self._layer.layer_setup(_engine_blobs(bottom), _engine_blobs(top))
 
+    @_layer_code_passes
     def reshape(self, bottom, top) -> None:
         self._layer.reshape(_engine_blobs(bottom), _engine_blobs(top))
 
@@ -254,6 +268,7 @@ class Net:
     keyword), plus ``semantics`` and ``seed``. Files that cannot be opened: RuntimeError.
     """
 
+    @_layer_code_passes
     def __init__(self, model_file=None, *args, weights: str | None = None, phase: int | None = None,
                  level: int = 0, stages=None, semantics: str = "ristretto", seed: int | None = None,
                  network_file=None):
@@ -371,6 +386,7 @@ class Net:
         except ValueError:
             raise _ValueError(f"no layer named '{name}'") from None
 
+    @_layer_code_passes
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
         """Set the inputs given as keywords (all of them, as pycaffe requires, or none), run
         forward, return the output blobs (and ``blobs``)."""
@@ -390,6 +406,7 @@ class Net:
         names = set(self.outputs if end is None else self._net.layers[end_i].param.top) | set(blobs or [])
         return {name: self._net.blobs[name].data for name in names}
 
+    @_layer_code_passes
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> dict:
         """Set the output diffs given as keywords (all of them, as pycaffe requires, or none),
         run backward, return the input diffs (and ``diffs``)."""
@@ -428,6 +445,7 @@ class Net:
     def _stacked(collected: dict, count: int) -> dict:
         return {name: np.asarray(parts)[:count] for name, parts in collected.items()}
 
+    @_layer_code_passes
     def forward_all(self, blobs=None, **kwargs) -> dict:
         """``forward`` over inputs of any number of items, batch by batch (the last padded);
         the outputs (and ``blobs``) for every item."""
@@ -441,6 +459,7 @@ class Net:
         count = len(next(iter(kwargs.values())))
         return self._stacked(outs, count)
 
+    @_layer_code_passes
     def forward_backward_all(self, blobs=None, diffs=None, **kwargs) -> tuple[dict, dict]:
         """``forward`` then ``backward`` batch by batch: keywords naming inputs are fed
         forward, those naming outputs are their gradients. The outputs (and ``blobs``) and
@@ -460,10 +479,12 @@ class Net:
         count = len(next(iter(kwargs.values())))
         return self._stacked(outs, count), self._stacked(grads, count)
 
+    @_layer_code_passes
     def _forward(self, start: int, end: int) -> float:
         """Layers ``start`` to ``end`` (indices, inclusive) forward; the loss."""
         return float(self._net.forward(start, end))
 
+    @_layer_code_passes
     def _backward(self, start: int, end: int) -> None:
         """Layers ``start`` down to ``end`` (indices, inclusive) backward."""
         self._net.backward(start, end)
@@ -483,6 +504,7 @@ class Net:
         except RistrettoError as exc:           # pycaffe: std::runtime_error
             raise _RuntimeError(str(exc)) from exc
 
+    @_layer_code_passes
     def reshape(self) -> None:
         self._net.reshape()
 
@@ -648,6 +670,7 @@ class Solver:
     #: The update rule this class stands for (None: the solver file's ``type``).
     solver_type: str | None = None
 
+    @_layer_code_passes
     def __init__(self, solver_file, *, semantics: str = "ristretto"):
         from ristretto_cli.solver import Solver as _EngineSolver
         param = read_solver_param(str(solver_file))
@@ -674,14 +697,17 @@ class Solver:
         """The underlying ``ristretto_cli.solver.Solver``."""
         return self._solver
 
+    @_layer_code_passes
     def step(self, iters: int) -> None:
         self._solver.step(int(iters))
 
+    @_layer_code_passes
     def solve(self, resume_file=None) -> None:
         if resume_file:
             self.restore(resume_file)
         self._solver.solve()
 
+    @_layer_code_passes
     def restore(self, state_file) -> None:
         self._solver.restore(str(state_file))
 

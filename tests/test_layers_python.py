@@ -111,3 +111,18 @@ def test_an_error_in_the_layer_code_is_one_line_naming_the_layer():
     with pytest.raises(RistrettoError, match=r"Broken \(forward\): ValueError: bad value") as info:
         forward(spec, [np.zeros((1, 2))])
     assert info.value.layer == "br" and isinstance(info.value.__cause__, ValueError)
+
+
+def test_pycaffe_lets_the_layer_codes_own_exception_through(tmp_path):
+    """From pycaffe a Python layer's exception reaches the script unchanged, as in pycaffe
+    (Caffe's own test expects the layer's RuntimeError from ``caffe.Net``)."""
+    path = tmp_path / "broken.prototxt"
+    path.write_text('name: "b" input: "x" input_shape { dim: 1 dim: 2 }\n'
+                    'layer { name: "br" type: "Python" bottom: "x" top: "y" '
+                    'python_param { module: "pylayers" layer: "Broken" } }\n')
+    net = caffe.Net(str(path), caffe.TEST)
+    with pytest.raises(ValueError, match="^bad value in the input$") as info:
+        net.forward()
+    assert not isinstance(info.value, RistrettoError)
+    with pytest.raises(ValueError, match="^bad value in the input$"):
+        net.forward_all(x=np.zeros((3, 2), np.float32))

@@ -12,7 +12,8 @@ and train like any layer's) and is called as Caffe calls it: ``setup(bottom, top
 class is ``ristretto_cli.pycaffe.Layer`` (``caffe.Layer``).
 
 An error raised by the layer's code stops the net with one line naming the layer and the
-error; ``--debug`` shows where it came from.
+error; ``--debug`` shows where it came from. It is a ``LayerCodeError`` that keeps the original
+exception, which the pycaffe API raises unchanged, as pycaffe does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import importlib
 
 from ristretto_cli.blob import Blob, BlobView
-from ristretto_cli.errors import RistrettoError
+from ristretto_cli.errors import LayerCodeError, RistrettoError
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.registry import register
 
@@ -84,8 +85,8 @@ class PythonLayer(Layer):
         except RistrettoError:
             raise
         except Exception as exc:
-            raise self.error(f"Python layer {self.param.python_param.layer} ({what}): "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise LayerCodeError(f"Python layer {self.param.python_param.layer} ({what}): "
+                                 f"{type(exc).__name__}: {exc}", exc, layer=self.name) from exc
 
 
 def _views(blobs: list[Blob]) -> list[BlobView]:
