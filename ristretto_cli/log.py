@@ -45,7 +45,17 @@ class GlogFormatter(logging.Formatter):
 
 
 class _TqdmAwareHandler(logging.StreamHandler):
-    """Writes through tqdm when a progress bar is on screen, so a bar never splits a line."""
+    """Writes through tqdm when a progress bar is on screen, so a bar never splits a line.
+    Always to the current ``sys.stderr``, so a stream replaced after set-up (a test's capture,
+    a notebook) gets the lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -68,7 +78,7 @@ def configure(verbose: bool = True, log_file: str | None = None) -> None:
     """Install the stderr handler (and optionally a plain log file) once per process."""
     global _configured, _file_handler
     if not _configured:
-        handler = _TqdmAwareHandler(sys.stderr)
+        handler = _TqdmAwareHandler()
         handler.setFormatter(GlogFormatter())
         logger.addHandler(handler)
         logger.propagate = False
