@@ -495,10 +495,17 @@ class Net:
                 layer.load_state_dict(state[layer.name])
 
     # ------------------------------------------------------------------ weights
-    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None) -> None:
-        """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom."""
+    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None, *,
+                                 hdf5: bool | None = None) -> None:
+        """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom.
+        As there, only HDF5 weights (``hdf5``; by default read off ``path``'s content) may leave
+        out a parameter the net shares with another layer; a binary file has every blob."""
         from ristretto_cli.io.blobproto import blob_shape, blob_to_array, shape_equals
-        shared = {self.param_layer_indices[i] for i, owner in enumerate(self.param_owners) if owner >= 0}
+        from ristretto_cli.io.files import hdf5_file_signature
+        if hdf5 is None:
+            hdf5 = path is not None and hdf5_file_signature(path)
+        shared = ({self.param_layer_indices[i] for i, owner in enumerate(self.param_owners) if owner >= 0}
+                  if hdf5 else set())
         for src in source.layer:
             target_id = next((i for i, n in enumerate(self.layer_names) if n == src.name), None)
             if target_id is None:

@@ -533,3 +533,41 @@ layer { name: "s2" type: "Sigmoid" bottom: "h" top: "t" loss_weight: 0.5 }'''
     assert results[0][0] == results[1][0]
     assert np.abs(results[1][1]).max() > 0
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+SHARED_IP_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "ya"
+        param { name: "w" } param { name: "b" } inner_product_param { num_output: 3 } }
+layer { name: "b" type: "InnerProduct" bottom: "x" top: "yb"
+        param { name: "w" } param { name: "b" } inner_product_param { num_output: 3 } }
+"""
+
+
+def test_only_hdf5_weights_may_leave_out_a_shared_parameter(tmp_path):
+    """Caffe's CopyTrainedLayersFromHDF5 skips a missing dataset of a weight-shared parameter;
+    its binary loader requires every blob ('Incompatible number of blobs')."""
+    from ristretto_cli.io import read_weights, write_caffemodel, write_caffemodel_h5
+    net = build(SHARED_IP_NET, TEST, seed=1)
+    w = np.arange(9, dtype=np.float32).reshape(3, 3)
+    b = np.array([1, 2, 3], np.float32)
+    h5 = tmp_path / "w.caffemodel.h5"
+    write_caffemodel_h5(h5, [("a", [w, b], None), ("b", [None, None], None)])
+    net.copy_trained_layers_from(read_weights(h5), path=str(h5))
+    layer_b = net.layers[net.layer_names.index("b")]
+    np.testing.assert_array_equal(layer_b.blobs[0].data, w)
+    np.testing.assert_array_equal(layer_b.blobs[1].data, b)
+
+    binary = net.to_proto()
+    del [lp for lp in binary.layer if lp.name == "b"][0].blobs[:]
+    path = tmp_path / "w.caffemodel"
+    write_caffemodel(path, binary)
+    with pytest.raises(RistrettoError, match="incompatible number of blobs: the weights file has 0, "
+                                             "the net has 2") as err:
+        build(SHARED_IP_NET, TEST).copy_trained_layers_from(read_weights(path), path=str(path))
+    assert err.value.layer == "b"
+    complete = tmp_path / "complete.caffemodel"
+    write_caffemodel(complete, net.to_proto())
+    fresh = build(SHARED_IP_NET, TEST, seed=3)
+    fresh.copy_trained_layers_from(read_weights(complete), path=str(complete))
+    np.testing.assert_array_equal(fresh.layers[fresh.layer_names.index("a")].blobs[0].data, w)
