@@ -126,14 +126,27 @@ class _RecordNames:
 
 # ---------------------------------------------------------------------- image list source
 _INT_RE = re.compile(r"[+-]?\d+")
+_ATOI_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)0*(\d+)", re.ASCII)
+
+
+def _atoi(text: str) -> int:
+    """glibc's atoi, i.e. (int) strtol(text, NULL, 10): the leading integer (0 if none),
+    saturated to the 64-bit long range, then wrapped to int32."""
+    m = _ATOI_RE.match(text)
+    if m is None:
+        return 0
+    v = int(m.group(1) + m.group(2)[:20])  # 20 digits already exceed the long range
+    v = min(max(v, -2**63), 2**63 - 1)
+    return (v + 2**31) % 2**32 - 2**31
 
 
 def read_image_list(path: str) -> list[tuple[str, int]]:
     """An image list file: one ``<path> <label>`` per line, split at the last space.
 
     Like Caffe: the label is the text after the last space; a line without a space is a
-    path with label 0. Unlike Caffe (atoi), a label that is not an integer is an error
-    (file:line); trailing whitespace and ``\\r`` are ignored, and blank lines skipped.
+    path with label ``atoi(line)`` (usually 0). Unlike Caffe (atoi), a label that is not an
+    integer is an error (file:line); trailing whitespace and ``\\r`` are ignored, and blank
+    lines skipped.
     """
     try:
         with open(path, "rb") as f:
@@ -148,7 +161,7 @@ def read_image_list(path: str) -> list[tuple[str, int]]:
             continue
         pos = line.rfind(" ")
         if pos < 0:
-            lines.append((line, 0))
+            lines.append((line, _atoi(line)))
             continue
         label = line[pos + 1:]
         if not _INT_RE.fullmatch(label):

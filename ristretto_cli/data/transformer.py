@@ -50,12 +50,15 @@ class DataTransformer:
             from ristretto_cli.io import read_blob_file
             logger.info("Loading mean file from: %s", self.mean_file_path)
             mean = read_blob_file(self.mean_file_path)
-            # Caffe compares the blob's legacy channels/height/width: a 1 x C x H x W blob
-            # (what compute_image_mean writes) or a plain C x H x W one.
-            if mean.ndim == 4 and mean.shape[0] == 1:
+            # Caffe compares only the blob's legacy channels/height/width and reads the first
+            # C*H*W values: an N x C x H x W blob (N >= 1) or, our extension, a plain C x H x W.
+            if mean.ndim == 4 and mean.shape[0] >= 1:
+                if mean.shape[0] > 1:
+                    logger.warning("The mean file %s holds %d images; using the first, as Caffe does",
+                                   self.mean_file_path, mean.shape[0])
                 mean = mean[0]
             if mean.ndim != 3:
-                raise RistrettoError(f"a mean file must hold a 1 x C x H x W blob, got shape "
+                raise RistrettoError(f"a mean file must hold an N x C x H x W blob (N >= 1), got shape "
                                      f"{_shape_str(mean.shape)}", path=self.mean_file_path,
                                      layer=layer)
             self.mean_file = np.ascontiguousarray(mean, np.float32)
@@ -89,6 +92,8 @@ class DataTransformer:
         c, h, w = (int(s) for s in item_shape)
         if c <= 0:
             raise self._error(f"input item has {c} channels; at least 1 is needed")
+        if h <= 0 or w <= 0:  # Caffe's load_batch CHECKs that the batch holds data
+            raise self._error(f"input item ({_shape_str(item_shape)}) holds no pixels")
         if h < self.crop or w < self.crop:
             raise self._error(f"crop_size {self.crop} is larger than the input item "
                               f"({_shape_str(item_shape)})")

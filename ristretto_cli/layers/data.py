@@ -252,8 +252,11 @@ class HDF5DataLayer(Layer):
                 ds = f.get(name)
                 if not isinstance(ds, h5py.Dataset):
                     raise RistrettoError(f"failed to find HDF5 dataset '{name}'", path=path, layer=self.name)
-                if ds.dtype.kind not in "fiub":
-                    raise RistrettoError(f"dataset '{name}' has unsupported type {ds.dtype} "
+                # The HDF5 type class, as Caffe checks it: enums (h5py's bool too) are refused.
+                cls = ds.id.get_type().get_class()
+                if cls not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+                    kind = "enum" if cls == h5py.h5t.ENUM else str(ds.dtype)
+                    raise RistrettoError(f"dataset '{name}' has unsupported type {kind} "
                                          "(float or integer needed)", path=path, layer=self.name)
                 if ds.ndim < 1:
                     raise RistrettoError(f"dataset '{name}' must have at least 1 axis", path=path,
@@ -415,6 +418,9 @@ class MemoryDataLayer(Layer):
             raise self.error("MemoryData needs data: call reset(data, labels) (or add_datum_vector / "
                              "add_mat_vector) first")
         b = self.batch_size
+        if self._pos + b > self._n:  # after set_batch_size; Caffe would read past its buffer
+            raise self.error(f"the data ({self._n} rows) is not a multiple of the batch size ({b}); "
+                             "reset the data after set_batch_size")
         # Caffe shapes the label top (batch, 1, 1, 1) on forward.
         _fill(top[0], self._data[self._pos:self._pos + b])
         _fill(top[1], self._labels[self._pos:self._pos + b].reshape(b, 1, 1, 1))
@@ -460,13 +466,13 @@ class HDF5OutputLayer(Layer):
         if self._written:
             raise self.error(f"HDF5Output already wrote its batch to {self.file_name}; it holds one "
                              "batch per run (as in Caffe)")
-        data, label = bottom[0].data, bottom[1].data
-        if data.shape[0] != label.shape[0]:
+        data, label = _legacy4d(bottom[0].data, self), _legacy4d(bottom[1].data, self)
+        if data.shape[0] != label.shape[0]:  # legacy num(): 1 for a 0-axis blob
             raise self.error("data blob and label blob must have the same batch size")
         logger.info("Saving HDF5 file %s", self.file_name)
         with atomic_output(self.file_name) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("data", data=_legacy4d(data, self))
-            f.create_dataset("label", data=_legacy4d(label, self))
+            f.create_dataset("data", data=data)
+            f.create_dataset("label", data=label)
         self._written = True
         logger.info("Successfully saved %d rows", data.shape[0])
 
