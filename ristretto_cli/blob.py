@@ -144,4 +144,4 @@ def count(shape, start: int = 0, end: int | None = None) -> int:
 
 def shape_str(shape) -> str:
     """Caffe's shape string: ``64 1 28 28 (50176)``."""
-    return " ".join(str(s) for s in shape) + f" ({count(shape)})"
+    return "".join(f"{s} " for s in shape) + f"({count(shape)})"     # a scalar: "(1)"

@@ -24,14 +24,18 @@ def _option(name: str, *more, **kwargs):
     return click.option(*names, *more, name, **kwargs)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="ristretto")
-def cli():
+@click.pass_context
+def cli(ctx):
     """Caffe-compatible CLI with Ristretto's CNN approximation (dynamic fixed point,
     minifloat, power-of-two weights), on NumPy: no Caffe install, no GPU.
 
     Add --debug anywhere to see a traceback instead of the one-line error.
     """
+    if ctx.invoked_subcommand is None:  # as caffe without a command: usage on stdout, status 0
+        click.echo(ctx.get_help())
 
 
 @cli.command("upgrade_net_proto_text")
@@ -143,6 +147,16 @@ def time_command(model, iterations, phase, weights, level, stage, gpu, semantics
     from ristretto_cli.timing import time_model
     time_model(model, iterations=iterations, phase=phase, weights=weights, level=level, stage=stage,
                gpu=gpu, semantics=semantics)
+
+
+@cli.command("device_query")
+@_option("gpu", default="", metavar="IDS", help="GPU ids or 'all' to query (there is no GPU: one warning)")
+def device_query_command(gpu):
+    """Show GPU diagnostic information, as `caffe device_query`: there is no GPU backend."""
+    from ristretto_cli.log import logger
+    logger.info("Querying GPUs %s", gpu)  # Caffe's line, trailing space included without --gpu
+    if gpu:
+        logger.warning("no GPU backend is available: no device to query (--gpu=%s)", gpu)
 
 
 @cli.command("quantize")

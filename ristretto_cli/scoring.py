@@ -104,6 +104,14 @@ def _progress(iterable, total):
     return _log.progress(iterable, total=total, desc="test", unit="batch")
 
 
+def log_device(gpu: str) -> None:
+    """Caffe's "Use CPU." line, or for a GPU request (none is available) one warning instead."""
+    if gpu:
+        logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
+    else:
+        logger.info("Use CPU.")
+
+
 def test_model(model: str, weights: str, *, iterations: int = 50, phase: str = "TEST", level: int = 0,
                stage: str = "", gpu: str = "", semantics: str = "ristretto", seed: int | None = None,
                progress: bool = True) -> ScoreResult:
@@ -118,21 +126,15 @@ def test_model(model: str, weights: str, *, iterations: int = 50, phase: str = "
         raise RistrettoError("Need model weights to score.")
     if iterations <= 0:
         raise RistrettoError(f"--iterations must be positive, got {iterations}")
-    # Read every file before printing anything: a bad one then prints only its error line.
-    with hold_records() as net_messages:
+    # Caffe's order: "Use CPU.", the net's lines, then the weights file's. Held back until all
+    # succeed (a bad input prints only its error line), stamped as logged, so in time order.
+    with hold_records() as held:
+        log_device(gpu)
         param = read_net_param(model)
-    with hold_records() as weights_messages:
-        weights_param = read_weights(weights)
-    with hold_records() as setup_messages:  # a net that cannot be built prints only its error
         net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level, stages=stage.split(","),
                   semantics=semantics, seed=seed, verbose=True)
-        net.copy_trained_layers_from(weights_param, weights)
-    if gpu:
-        logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
-    else:
-        logger.info("Use CPU.")
-    for held in (net_messages, setup_messages, weights_messages):
-        held.release()
+        net.copy_trained_layers_from(read_weights(weights), weights)
+    held.release()
     logger.info("Running for %d iterations.", iterations)
     with net.frozen_params():
         return run_forward_batches(net, iterations, log=True, progress=progress)

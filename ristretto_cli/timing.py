@@ -77,24 +77,19 @@ def time_model(model: str, *, iterations: int = 50, phase: str = "TRAIN", weight
     from ristretto_cli.errors import RistrettoError
     from ristretto_cli.io import read_net_param, read_weights
     from ristretto_cli.net import TEST, TRAIN, Net
+    from ristretto_cli.scoring import log_device
     if not model:
         raise RistrettoError("Need a model definition to time.")
     if phase.upper() not in ("TRAIN", "TEST"):
         raise RistrettoError(f"--phase must be TRAIN or TEST, got '{phase}'")
     if iterations <= 0:
         raise RistrettoError(f"--iterations must be positive, got {iterations}")
-    with hold_records() as net_messages:  # a bad file prints only its error line
+    with hold_records() as held:  # as test_model: Caffe's order, only an error line on failure
+        log_device(gpu)
         param = read_net_param(model)
-        weights_param = read_weights(weights) if weights else None
-    with hold_records() as setup_messages:  # a net that cannot be built prints only its error
         net = Net(param, TRAIN if phase.upper() == "TRAIN" else TEST, level=level,
                   stages=stage.split(","), semantics=semantics, seed=seed, verbose=True)
-        if weights_param is not None:
-            net.copy_trained_layers_from(weights_param, weights)
-    if gpu:
-        logger.warning("no GPU backend is available: running on the CPU (--gpu=%s ignored)", gpu)
-    else:
-        logger.info("Use CPU.")
-    net_messages.release()
-    setup_messages.release()
+        if weights:
+            net.copy_trained_layers_from(read_weights(weights), weights)
+    held.release()
     return time_net(net, iterations)

@@ -571,3 +571,11 @@ def test_only_hdf5_weights_may_leave_out_a_shared_parameter(tmp_path):
     fresh = build(SHARED_IP_NET, TEST, seed=3)
     fresh.copy_trained_layers_from(read_weights(complete), path=str(complete))
     np.testing.assert_array_equal(fresh.layers[fresh.layer_names.index("a")].blobs[0].data, w)
+
+
+def test_shape_strings_are_caffes():
+    """Blob::shape_string: each dimension and a space, then the count; '(1)' for a scalar."""
+    from ristretto_cli.blob import shape_str
+    assert shape_str((64, 1, 28, 28)) == "64 1 28 28 (50176)"
+    assert shape_str(()) == "(1)"
+    assert shape_str((0, 3)) == "0 3 (0)"
