@@ -8,6 +8,7 @@ need backward, and collect the outputs (blobs nobody consumes, sorted by name).
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.blob import Blob, shape_str
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.textformat import format_message
 from ristretto_cli.layers import TEST, TRAIN, create_layer
 from ristretto_cli.log import logger
 from ristretto_cli.netstate import filter_net, insert_splits
@@ -67,7 +69,10 @@ class Net:
         self.name = param.name
         self.force_backward = param.force_backward
 
-        filtered = insert_splits(filter_net(param, state))
+        filtered = filter_net(param, state, say)
+        if verbose or logger.isEnabledFor(logging.DEBUG):      # the text costs: only when shown
+            say("Initializing net from parameters: \n%s", format_message(filtered).rstrip("\n"))
+        filtered = insert_splits(filtered)
         self.layers: list = []
         self.layer_names: list[str] = []
         self.bottom_vecs: list[list[Blob]] = []
@@ -89,10 +94,11 @@ class Net:
         self._blob_need_backward: dict[str, bool] = {}
         available: set[str] = set()
 
-        say("Initializing net '%s' (phase %s)", self.name, "TRAIN" if self.phase == TRAIN else "TEST")
+        memory_used = 0     # top elements so far, as Caffe's "Memory required for data"
         for layer_id, lp in enumerate(filtered.layer):
             if not lp.HasField("phase"):
                 lp.phase = self.phase
+            say("Creating layer %s", lp.name)      # Caffe's layer factory, then its net
             layer = create_layer(lp, phase=self.phase, semantics=semantics,
                                  rng=np.random.default_rng(self._rng.integers(2**63)))
             self.layers.append(layer)
@@ -133,6 +139,8 @@ class Net:
                 while len(tops) < layer.required_tops():
                     tops.append(Blob(name="(automatic)"))
                     top_names.append(None)
+            if layer.creates_inner_layer:
+                say("Creating layer %s", lp.name)
             try:
                 layer.setup(bottoms, tops)
             except RistrettoError as exc:
@@ -142,6 +150,8 @@ class Net:
                 say("Top shape: %s", shape_str(t.shape))
                 if w:
                     say("    with loss weight %g", w)
+                memory_used += t.count
+            say("Memory required for data: %d", memory_used * np.dtype(np.float32).itemsize)
             for name, w in zip(top_names, layer.loss_weights):
                 if name is not None:
                     self.blob_loss_weights[name] = w

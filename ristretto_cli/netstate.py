@@ -9,37 +9,48 @@ from ristretto_cli.log import logger
 from ristretto_cli.proto import caffe_pb2
 
 
-def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule, layer_name: str) -> bool:
-    """Caffe's StateMeetsRule: every condition the rule sets must hold."""
+def state_meets_rule(state: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule, layer_name: str,
+                     say=logger.debug) -> bool:
+    """Caffe's StateMeetsRule: every condition the rule sets must hold. ``say`` gets Caffe's
+    line for the first condition that fails (its wording, 'above the min_level' included)."""
+    where = f"specified by a rule in layer {layer_name}"
     if rule.HasField("phase") and rule.phase != state.phase:
-        logger.debug("The NetState phase (%d) differed from the phase (%d) specified by a rule "
-                     "in layer %s", state.phase, rule.phase, layer_name)
+        say("The NetState phase (%d) differed from the phase (%d) %s", state.phase, rule.phase, where)
         return False
     if rule.HasField("min_level") and state.level < rule.min_level:
+        say("The NetState level (%d) is above the min_level (%d) %s", state.level, rule.min_level, where)
         return False
     if rule.HasField("max_level") and state.level > rule.max_level:
+        say("The NetState level (%d) is above the max_level (%d) %s", state.level, rule.max_level, where)
         return False
     stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
+    for stage in rule.stage:
+        if stage not in stages:
+            say("The NetState did not contain stage '%s' %s", stage, where)
+            return False
+    for stage in rule.not_stage:
+        if stage in stages:
+            say("The NetState contained a not_stage '%s' %s", stage, where)
+            return False
     return True
 
 
-def filter_net(param: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> caffe_pb2.NetParameter:
-    """The layers of ``param`` that the state includes (Caffe's FilterNet)."""
+def filter_net(param: caffe_pb2.NetParameter, state: caffe_pb2.NetState,
+               say=logger.debug) -> caffe_pb2.NetParameter:
+    """The layers of ``param`` that the state includes (Caffe's FilterNet), with ``state`` as
+    the result's state; ``say`` gets the lines of the rules that exclude a layer."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(param)
+    out.state.CopyFrom(state)
     del out.layer[:]
     for layer in param.layer:
         if len(layer.include) and len(layer.exclude):
             raise RistrettoError("specify either include rules or exclude rules; not both",
                                  layer=layer.name)
         if len(layer.include):
-            keep = any(state_meets_rule(state, r, layer.name) for r in layer.include)
+            keep = any(state_meets_rule(state, r, layer.name, say) for r in layer.include)
         else:
-            keep = not any(state_meets_rule(state, r, layer.name) for r in layer.exclude)
+            keep = not any(state_meets_rule(state, r, layer.name, say) for r in layer.exclude)
         if keep:
             out.layer.add().CopyFrom(layer)
     return out

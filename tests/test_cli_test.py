@@ -7,6 +7,7 @@ line: every ``Batch i, name = v`` line, ``Loss:`` and the means, to the printed 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,43 @@ def test_lenet_matches_the_real_caffe_test_log(model, mnist_workdir, capsys):
     assert "output data size: 100,1,28,28" in msgs
     assert msgs.count("Restarting data prefetching from start.") == 1  # reads ahead past record 9999
     check_against_reference(_scoring_lines(lines), reference, model)
+
+
+def _setup_text(lines) -> list[str]:
+    """A run's lines up to "Running for N iterations.", glog prefixes dropped (the net's text
+    that "Initializing net from parameters:" spans keeps its own lines)."""
+    out = []
+    for line in lines:
+        out.append(re.sub(r"^[IWEF]\d{4}(\d{4})? \S+ +\d+ \S+\] ", "", line.rstrip("\n")))
+        if out[-1].startswith("Running for "):
+            return out
+    raise AssertionError("no 'Running for' line")
+
+
+def _reference_setup_text(model: str) -> list[str]:
+    lines, current = [], None
+    for line in open(shared_data("reference/lenet_test.txt"), encoding="utf-8"):
+        if line.startswith("##########"):
+            current = line.split("--model=")[1].split()[0] if "--model=" in line else current
+            continue
+        if current == model:
+            lines.append(line)
+    return _setup_text(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [LENET, LENET_V1], ids=["lenet", "lenet_v1"])
+def test_the_set_up_log_is_caffes_line_for_line(model, mnist_workdir, capsys):
+    """Everything ``caffe test`` logs before scoring, in order and word for word: the NetState
+    rule, the net's text, each layer's creation, blobs, top shapes, memory, the backward
+    analysis, the V1 upgrade lines, the DB opened as the layer is created."""
+    os.symlink(SHARED_DATA / "models", mnist_workdir / "models")
+    status, lines = run_cli(capsys, "test", f"--model={model}", f"--weights={WEIGHTS[model]}",
+                            "--iterations=100")
+    assert status == 0, lines[-5:]
+    ours, theirs = _setup_text(lines), _reference_setup_text(model)
+    assert len(theirs) > 250 and "Memory required for data: 8086808" in theirs
+    assert ours == theirs
 
 
 @pytest.mark.slow

@@ -48,9 +48,11 @@ def _log_restart() -> None:
 
 # ---------------------------------------------------------------------- Datum DB source
 class DatumSource:
-    """Datum records of an LMDB/LevelDB in key order, wrapping around at the end."""
+    """Datum records of an LMDB/LevelDB in key order, wrapping around at the end. Opened when
+    built; ``transformer`` may be set later, before the first read (the Data layer opens its
+    DB when it is created, as Caffe's, and sets it up afterwards)."""
 
-    def __init__(self, path: str, backend, batch_size: int, transformer: DataTransformer):
+    def __init__(self, path: str, backend, batch_size: int, transformer: DataTransformer | None):
         self.path = path
         self.backend = backend_name(backend)
         self.batch_size = batch_size

@@ -44,6 +44,9 @@ class Layer:
     is_loss: ClassVar[bool] = False
     #: Layers that may not run in place (top i == bottom i).
     inplace_allowed: ClassVar[bool] = True
+    #: Layers whose Caffe set-up builds an inner layer through the layer factory (a Softmax),
+    #: which logs "Creating layer <name>" once more: the Net logs it at the same place.
+    creates_inner_layer: ClassVar[bool] = False
     #: False for layers with no backward (Caffe aborts if the net needs it).
     has_backward: ClassVar[bool] = True
     #: False when no backward pass will follow the forwards (set by the Net from its

@@ -100,16 +100,23 @@ class DataLayer(_DataLayerBase):
     min_tops = 1
     max_tops = 2
 
+    def __init__(self, param, **kwargs):
+        super().__init__(param, **kwargs)
+        # Caffe's constructor opens the DB ("Opened lmdb ..."), before the net's set-up lines.
+        dp = self.param.data_param
+        try:
+            self._source = DatumSource(dp.source, dp.backend, dp.batch_size, None)
+        except RistrettoError as exc:
+            raise exc.located(layer=self.name) from None
+
     def layer_setup(self, bottom, top):
         dp = self.param.data_param
         if dp.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")
         self._warn_legacy(dp)
         transformer = DataTransformer(self.param.transform_param, self.phase, layer=self.name)
-        try:
-            source = DatumSource(dp.source, dp.backend, dp.batch_size, transformer)
-        except RistrettoError as exc:
-            raise exc.located(layer=self.name) from None
+        source = self._source
+        source.transformer = transformer
         entries = source.cursor.entries()
         if entries is not None and dp.batch_size > entries:
             logger.warning("layer '%s': batch_size %d is larger than the DB (%d records); batches "

@@ -126,6 +126,7 @@ class NormalizedLossLayer(LossLayer):
 
 class _SoftmaxLossBase(NormalizedLossLayer):
     """Softmax over an axis, then a loss per labelled position; optional top[1] = probabilities."""
+    creates_inner_layer = True
     exact_tops = None
     min_tops = 1
     max_tops = 2
