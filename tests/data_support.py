@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 from google.protobuf import text_format
-from log_support import capture_log, glog_to_real_stderr, message, run_cli  # noqa: F401  (re-exported)
+from log_support import capture_log, message, run_cli  # noqa: F401  (re-exported)
 
 from ristretto_cli.proto import caffe_pb2
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-
-import pytest
 
 from ristretto_cli.log import logger
 
@@ -57,33 +54,14 @@ def capture_log():
         logger.setLevel(old)
 
 
-def _point_glog_at(stream) -> None:
-    for h in logger.handlers:
-        if type(h).__name__ == "_TqdmAwareHandler":
-            h.stream = stream
-
-
 def run_cli(capsys, *args) -> tuple[int, list[str]]:
     """``ristretto ARGS`` in-process: (exit status, stderr lines)."""
     from ristretto_cli import log
     from ristretto_cli.cli import main
     capsys.readouterr()
-    # The glog handler keeps the stream it was made with: point it at this test's stderr for
-    # the call, and back afterwards (the captured stream is closed after the test).
-    log.configure()
-    _point_glog_at(sys.stderr)
-    try:
-        status = main([str(a) for a in args])
-    finally:
-        _point_glog_at(sys.__stderr__)
+    log.configure()         # the glog handler writes to the current sys.stderr: the capture
+    status = main([str(a) for a in args])
     return status, capsys.readouterr().err.splitlines()
-
-
-@pytest.fixture(autouse=True)
-def glog_to_real_stderr():
-    """Import into a test module: its log lines never go to a stream a previous test closed."""
-    _point_glog_at(sys.__stderr__)
-    yield
 
 
 def message(line: str) -> str:

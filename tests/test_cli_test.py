@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 from conftest import SHARED_DATA, shared_data
-from data_support import build_net, capture_log, glog_to_real_stderr, message, reference_runs, run_cli  # noqa: F401
+from data_support import build_net, capture_log, message, reference_runs, run_cli  # noqa: F401
 
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.scoring import run_forward_batches

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 from conftest import shared_data
-from data_support import glog_to_real_stderr  # noqa: F401
 
 from ristretto_cli.data import db as dbmod
 from ristretto_cli.data.db import DBCursor, DBWriter, iterate_db

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import shared_data, test_data
-from data_support import capture_log, data_net, forward_batches, glog_to_real_stderr  # noqa: F401
+from data_support import capture_log, data_net, forward_batches  # noqa: F401
 
 from ristretto_cli.data import cache as cache_mod
 from ristretto_cli.data import prefetch

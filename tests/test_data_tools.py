@@ -7,7 +7,7 @@ import lmdb
 import numpy as np
 import pytest
 from conftest import shared_data, test_data
-from data_support import glog_to_real_stderr, message, run_cli  # noqa: F401
+from data_support import message, run_cli  # noqa: F401
 
 from ristretto_cli.data.datum import image_to_datum
 from ristretto_cli.data.db import iterate_db

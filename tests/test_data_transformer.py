@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import test_data
-from data_support import capture_log, data_net, glog_to_real_stderr  # noqa: F401
+from data_support import capture_log, data_net  # noqa: F401
 
 from ristretto_cli.data.datum import COLOR, GRAY, NATIVE, chw_to_datum, datum_to_chw, encoded_datum
 from ristretto_cli.data.db import DBWriter

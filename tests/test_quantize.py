@@ -17,7 +17,6 @@ import pytest
 from conftest import SHARED_DATA, shared_data
 from data_support import (  # noqa: F401
     capture_log,
-    glog_to_real_stderr,
     lay_out_mnist,
     make_mnist_lmdbs,
     message,

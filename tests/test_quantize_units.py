@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import test_data
-from data_support import build_net, capture_log, glog_to_real_stderr, net_param  # noqa: F401
+from data_support import build_net, capture_log, net_param  # noqa: F401
 
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.proto import caffe_pb2

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 from conftest import shared_data
-from data_support import capture_log, glog_to_real_stderr, message, run_cli  # noqa: F401
+from data_support import capture_log, message, run_cli  # noqa: F401
 from test_cli_test import _close_batch_loss, _scoring_lines
 
 from ristretto_cli.errors import RistrettoError

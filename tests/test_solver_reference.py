@@ -43,11 +43,11 @@ def reference_run(mnist_train_lmdb, tmp_path_factory):
     (run / "examples/mnist/mnist_test_lmdb").symlink_to(shared_data("reference/mnist_test_lmdb"))
     shutil.copy(shared_data("models/lenet/lenet_train_test.prototxt"), run / "net.prototxt")
     shutil.copy(shared_data(f"{REF}/sgd_inv.solver.prototxt"), run / "sgd_inv.solver.prototxt")
+    shutil.copy(shared_data(f"{REF}/init_iter_1.caffemodel"), run / "init_iter_1.caffemodel")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(run)
         with capture_log() as lines:
-            train("sgd_inv.solver.prototxt", weights=str(shared_data(f"{REF}/init_iter_1.caffemodel")),
-                  show_progress=False)
+            train("sgd_inv.solver.prototxt", weights="init_iter_1.caffemodel", show_progress=False)
     return run, lines
 
 
@@ -104,3 +104,30 @@ def test_snapshot_loads_in_opencv(reference_run):
     ours = net.blobs["prob"].data.reshape(cv_prob.shape)
     np.testing.assert_allclose(ours, cv_prob, atol=1e-5)
     assert (ours.argmax(1) == cv_prob.argmax(1)).all()
+
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
+
+
+def _log_text(messages) -> list[str]:
+    """The run's log lines (multi-line messages split), numbers masked where they come from
+    the clock ("Iteration n (x iter/s, ys/1 iters)") or from float32 rounding (net outputs,
+    checked to 2e-5 above); every other line is kept word for word."""
+    out = []
+    for msg in messages:
+        for line in msg.split("\n"):
+            if "iter/s" in line or "net output #" in line:
+                line = _NUMBER.sub("#", line)
+            out.append(line)
+    return out
+
+
+def test_the_whole_log_is_caffes_line_for_line(reference_run):
+    """Solver and net set-up (parameters, NetState rules, nets' text, layers, shapes, memory,
+    backward analysis), every iteration's lines, the test, the snapshot: as caffe train."""
+    _, ours = reference_run
+    theirs = [re.sub(r"^[IWEF]\d{8} \S+ +\d+ \S+\] ", "", ln)
+              for ln in shared_data(f"{REF}/sgd_inv.log").read_text().splitlines()]
+    got, want = _log_text(ours), _log_text(theirs)
+    assert len(want) > 600 and "Solver scaffolding done." in want
+    assert got == want

@@ -44,7 +44,7 @@ class Solver:
     def __init__(self, param, *, semantics: str = "ristretto", action=None,
                  show_progress: bool = True):
         from ristretto_cli.io import format_message
-        logger.info("Initializing solver from parameters: \n%s", format_message(param))
+        logger.info("Initializing solver from parameters: \n%s", format_message(param).rstrip("\n"))
         self.param = param
         self.action = action or (lambda: NONE)
         self.show_progress = show_progress
