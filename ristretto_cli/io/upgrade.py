@@ -91,6 +91,8 @@ _V0_FIELDS = {
     "hdf5_output_param": {"hdf5_output": ("", "hdf5_output_param")},
 }
 _V0_TRANSFORM = {"scale": "scale", "meanfile": "mean_file", "cropsize": "crop_size", "mirror": "mirror"}
+# Caffe's error log names this one field differently from the proto.
+_V0_LOG_NAMES = {"shuffle_images": "shuffle"}
 
 # Data layer kinds whose *_param carried the transformation fields before transform_param.
 _DATA_UPGRADE = (("DATA", "data_param"), ("IMAGE_DATA", "image_data_param"),
@@ -228,7 +230,8 @@ def _upgrade_v0_layer(conn, path):
             setattr(out.transform_param, _V0_TRANSFORM[field], value)
             continue
         if kind not in targets:
-            logger.error("Unknown parameter %s for layer type %s", field, kind)
+            logger.error("Unknown parameter %s for layer type %s",
+                         _V0_LOG_NAMES.get(field, field), kind)
             ok = False
             continue
         sub_name, target_field = targets[kind]
@@ -465,6 +468,9 @@ def upgrade_solver(solver, path):
             solver.snapshot_prefix = path[:len(path) - len(extension)]
             logger.info("snapshot_prefix was not specified and is set to %s", solver.snapshot_prefix)
         elif os.path.isdir(solver.snapshot_prefix):
-            solver.snapshot_prefix = os.path.join(solver.snapshot_prefix, stem)
-            logger.info("snapshot_prefix is a directory and is set to %s", solver.snapshot_prefix)
+            # boost's `dir / ""` appends nothing (os.path.join would add a separator).
+            if stem:
+                solver.snapshot_prefix = os.path.join(solver.snapshot_prefix, stem)
+            logger.info("snapshot_prefix was a directory and is replaced to %s",
+                        solver.snapshot_prefix)
     return solver

@@ -34,7 +34,7 @@ def upgrade_net_file(source, target, *, binary: bool) -> bool:
         if not ok:
             logger.error("Encountered error(s) while upgrading prototxt; see details above.")
     else:
-        logger.warning("File already in latest proto format: %s", source)
+        logger.error("File already in latest proto format: %s", source)   # LOG(ERROR), as Caffe
     if binary:
         write_caffemodel(target, net)
         logger.info("Wrote upgraded NetParameter binary proto to %s", target)
