@@ -1,9 +1,11 @@
 """Learning-rate policies, as Caffe's SGDSolver::GetLearningRate.
 
-The rate is a C ``float``. Caffe computes the argument of ``pow``/``exp`` in float (e.g.
-``1 + gamma*iter``), then calls the double-precision C functions, multiplies by ``base_lr``
-in double and rounds once to float; the same steps are taken here so the printed rate and
-the update use the same float32 value.
+The rate is a C ``float``, computed with the precision C++'s ``<cmath>`` overloads give
+each call: ``pow(float, int)`` (step, exp, multistep) promotes to double, so ``base_lr * pow``
+is a double rounded once to float; ``pow(float, float)`` (inv, poly) and ``exp(float)``
+(sigmoid) are the float functions, so everything after them is float arithmetic. The float
+functions are emulated by rounding the double result once (libm's powf/expf agree except for
+rare last-bit misroundings).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def check_policy(param) -> None:
                              + ", ".join(POLICIES) + ")")
     if policy in ("step", "sigmoid") and param.stepsize <= 0:
         raise RistrettoError(f"lr_policy '{policy}' needs stepsize > 0 (got {param.stepsize})")
-    if policy in ("step", "exp", "inv", "multistep", "sigmoid") and param.gamma < 0:
+    # ``not >=`` so that NaN fails too, as CHECK_GE does.
+    if policy in ("step", "exp", "inv", "multistep", "sigmoid") and not param.gamma >= 0:
         raise RistrettoError(f"lr_policy '{policy}' needs gamma >= 0 (got {fmt(param.gamma)})")
 
 
@@ -38,9 +41,13 @@ def fmt(x) -> str:
 
 
 def _pow(base, exponent) -> np.float64:
-    # C pow() in double; overflow gives inf as in C, not a Python exception.
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return np.power(np.float64(base), np.float64(exponent))
+    """C pow() in double."""
+    return np.power(np.float64(base), np.float64(exponent))
+
+
+def _powf(base, exponent) -> np.float32:
+    """C powf(): float arguments, float result (numpy's float32 power is not libm's)."""
+    return _F(_pow(_F(base), _F(exponent)))
 
 
 def learning_rate(param, it: int, current_step: int) -> tuple[np.float32, int]:
@@ -51,26 +58,27 @@ def learning_rate(param, it: int, current_step: int) -> tuple[np.float32, int]:
     """
     check_policy(param)
     policy = param.lr_policy
-    base = np.float64(_F(param.base_lr))
+    base = _F(param.base_lr)
     gamma = _F(param.gamma)
-    if policy == "fixed":
-        return _F(param.base_lr), current_step
-    if policy == "step":
-        current_step = it // param.stepsize
-        rate = base * _pow(gamma, current_step)
-    elif policy == "exp":
-        rate = base * _pow(gamma, it)
-    elif policy == "inv":
-        rate = base * _pow(_F(1) + gamma * _F(it), -_F(param.power))
-    elif policy == "multistep":
-        if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
-            current_step += 1
-            logger.info("MultiStep Status: Iteration %d, step = %d", it, current_step)
-        rate = base * _pow(gamma, current_step)
-    elif policy == "poly":
-        rate = base * _pow(_F(1) - _F(it) / _F(param.max_iter), _F(param.power))
-    else:  # sigmoid
-        with np.errstate(over="ignore"):
-            rate = base * (1.0 / (1.0 + np.exp(np.float64(-gamma * (_F(it) - _F(param.stepsize))))))
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _F(rate), current_step
+    # C arithmetic: overflow, 0/0 and the like give inf/NaN silently.
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if policy == "fixed":
+            rate = base
+        elif policy == "step":
+            current_step = it // param.stepsize
+            rate = _F(np.float64(base) * _pow(gamma, current_step))
+        elif policy == "exp":
+            rate = _F(np.float64(base) * _pow(gamma, it))
+        elif policy == "inv":
+            rate = base * _powf(_F(1) + gamma * _F(it), -_F(param.power))
+        elif policy == "multistep":
+            if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
+                current_step += 1
+                logger.info("MultiStep Status: Iteration %d, step = %d", it, current_step)
+            rate = _F(np.float64(base) * _pow(gamma, current_step))
+        elif policy == "poly":
+            rate = base * _powf(_F(1) - _F(it) / _F(param.max_iter), param.power)
+        else:  # sigmoid
+            e = _F(np.exp(np.float64(-gamma * (_F(it) - _F(param.stepsize)))))
+            rate = base * (_F(1) / (_F(1) + e))
+    return _F(rate), current_step

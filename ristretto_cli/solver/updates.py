@@ -81,7 +81,8 @@ def regularize(data, diff, decay, kind: str = "L2") -> None:
     if kind == "L2":
         diff += decay * data
     elif kind == "L1":
-        diff += decay * np.sign(data)
+        # caffe_sign is (0 < x) - (x < 0): 0 for NaN, where np.sign gives NaN.
+        diff += decay * np.subtract(data > 0, data < 0, dtype=np.float32)
     else:
         raise RistrettoError(f"Unknown regularization type: {kind} (choose L1 or L2)")
 
