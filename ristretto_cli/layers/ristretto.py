@@ -439,8 +439,13 @@ class _RistrettoMixin:
     def _fuse_trimming(self, bottom, plan: _Plan) -> bool:
         if not hasattr(self, "chunk_input") or plan.formats.stochastic:
             return False
-        return all(b.data.flags.writeable and b.data.flags.c_contiguous and b.data.dtype == np.float32
-                   for b in bottom)
+        if not all(b.data.flags.writeable and b.data.flags.c_contiguous and b.data.dtype == np.float32
+                   for b in bottom):
+            return False
+        # Ristretto trims every bottom before any top: bottoms sharing memory (Split tops of one
+        # blob) must all be trimmed first, since trimming twice is not always idempotent.
+        datas = [b.data for b in bottom]
+        return not any(np.may_share_memory(a, b) for i, a in enumerate(datas) for b in datas[i + 1:])
 
     @property
     def quantized_weights(self) -> list[np.ndarray]:
