@@ -61,7 +61,14 @@ def read_image(path: str, is_color: bool = True, height: int = 0, width: int = 0
     if not os.path.isfile(path):
         reason = "is a directory" if os.path.isdir(path) else "No such file or directory"
         raise RistrettoError(f"could not load image: {reason}", path=path)
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    flags = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+    try:
+        path.encode("utf-8")
+        img = cv2.imread(path, flags)
+    except UnicodeEncodeError:      # a name that is not UTF-8 crashes imread: decode the bytes
+        with open(path, "rb") as f:
+            buf = np.frombuffer(f.read(), np.uint8)
+        img = cv2.imdecode(buf, flags) if buf.size else None
     if img is None:
         raise RistrettoError("could not load image: OpenCV cannot decode it", path=path)
     if height > 0 and width > 0:

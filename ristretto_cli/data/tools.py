@@ -114,7 +114,7 @@ def _match_ext(filename: str, encoding: str) -> bool:
     return ext == enc or (enc == "jpg" and ext == "jpeg")
 
 
-def _image_datum(path: str, rel: str, label: int, *, is_color: bool, height: int, width: int,
+def _image_datum(path: str, label: int, *, is_color: bool, height: int, width: int,
                  encoding: str) -> tuple[caffe_pb2.Datum, tuple]:
     """Caffe's ReadImageToDatum; also returns the (decoded) C x H x W shape."""
     import cv2
@@ -122,13 +122,29 @@ def _image_datum(path: str, rel: str, label: int, *, is_color: bool, height: int
     shape = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
     if not encoding:
         return image_to_datum(img, label), shape
-    if (shape[0] == 3) == is_color and not height and not width and _match_ext(rel, encoding):
-        with open(path, "rb") as f:  # the file is already in that encoding: store its bytes
+    # As io.cpp: the file's own bytes only when both sizes are 0 (matchExt sees the whole path).
+    if (shape[0] == 3) == is_color and not height and not width and _match_ext(path, encoding):
+        with open(path, "rb") as f:
             return encoded_datum(f.read(), label), shape
-    ok, buf = cv2.imencode("." + encoding, img)
+    try:
+        ok, buf = cv2.imencode("." + encoding, img)
+    except cv2.error:
+        ok = False
     if not ok:
         raise RistrettoError(f"OpenCV cannot encode the image as '{encoding}'", path=path)
     return encoded_datum(buf.tobytes(), label), shape
+
+
+def _list_slots(list_file: str) -> list:
+    """The list's entries by getline line (Caffe's line ids): None for a blank line."""
+    from ristretto_cli.data.sources import read_image_list
+    entries = iter(read_image_list(list_file))
+    with open(list_file, "rb") as f:
+        text = f.read().decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [next(entries) if line.rstrip() else None for line in lines]
 
 
 def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = False, shuffle: bool = False,
@@ -136,17 +152,18 @@ def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = 
                      check_size: bool = False, encoded: bool = False, encode_type: str = "",
                      seed: int | None = None, progress: bool = True) -> int:
     """Caffe's convert_imageset: the list's images as Datums under keys ``%08d_<path>``."""
-    from ristretto_cli.data.sources import read_image_list
     backend = backend_name(backend)
     is_color = not gray
-    lines = read_image_list(os.fspath(list_file))
+    slots = _list_slots(os.fspath(list_file))
     if shuffle:
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         logger.info("Shuffling data (seed %d)", seed)
-        order = np.random.default_rng(seed).permutation(len(lines))
-        lines = [lines[i] for i in order]
-    logger.info("A total of %d images.", len(lines))
+        order = np.random.default_rng(seed).permutation(len(slots))
+        slots = [slots[i] for i in order]
+    # Keys are numbered by list line, blank lines included (Caffe skips those as unreadable).
+    lines = [(line_id, *entry) for line_id, entry in enumerate(slots) if entry is not None]
+    logger.info("A total of %d images.", len(slots))
     if encode_type and not encoded:
         logger.info("encode_type specified, assuming encoded=true.")
     resize_height = max(0, resize_height)
@@ -154,12 +171,11 @@ def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = 
     # Caffe resizes only when both sizes are given.
     if (resize_height > 0) != (resize_width > 0):
         logger.warning("only one of resize_height/resize_width is set: images are not resized")
-        resize_height = resize_width = 0
     first_shape = None
     count = 0
     with DBWriter(db_path, backend) as db:
         steps = logmod.progress(lines, total=len(lines), desc="convert", unit="img") if progress else lines
-        for line_id, (rel, label) in enumerate(steps):
+        for line_id, rel, label in steps:
             enc = encode_type
             if encoded and not enc:
                 pos = rel.rfind(".")
@@ -167,7 +183,7 @@ def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = 
                     raise RistrettoError("cannot guess the encoding from the file name (no extension); "
                                          "give --encode_type", path=root_folder + rel)
                 enc = rel[pos + 1:].lower()
-            datum, shape = _image_datum(root_folder + rel, rel, label, is_color=is_color,
+            datum, shape = _image_datum(root_folder + rel, label, is_color=is_color,
                                         height=resize_height, width=resize_width, encoding=enc)
             if check_size:
                 if first_shape is None:
@@ -176,7 +192,7 @@ def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = 
                     raise RistrettoError(f"incorrect image size {' x '.join(map(str, shape))} (the first "
                                          f"image is {' x '.join(map(str, first_shape))})",
                                          path=root_folder + rel)
-            db.put(f"{line_id:08d}_{rel}", datum.SerializeToString())
+            db.put(f"{line_id:08d}_{rel}".encode("utf-8", "surrogateescape"), datum.SerializeToString())
             count += 1
             if count % 1000 == 0:
                 logger.info("Processed %d files.", count)
