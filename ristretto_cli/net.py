@@ -517,10 +517,12 @@ class Net:
         shared = ({self.param_layer_indices[i] for i, owner in enumerate(self.param_owners) if owner >= 0}
                   if hdf5 else set())
         for src in source.layer:
-            target_id = next((i for i, n in enumerate(self.layer_names) if n == src.name), None)
-            if target_id is None:
-                logger.debug("Ignoring source layer %s", src.name)
+            # Caffe's binary loader takes the first layer of that name, its HDF5 loader the last.
+            ids = [i for i, n in enumerate(self.layer_names) if n == src.name]
+            if not ids:
+                logger.info("Ignoring source layer %s", src.name)
                 continue
+            target_id = ids[-1] if hdf5 else ids[0]
             target = self.layers[target_id]
             # HDF5 weights omit parameters a layer shares with another (Caffe allows that).
             placeholders = {i for i in range(len(target.blobs)) if (target_id, i) in shared and (

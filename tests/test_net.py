@@ -579,3 +579,35 @@ def test_shape_strings_are_caffes():
     assert shape_str((64, 1, 28, 28)) == "64 1 28 28 (50176)"
     assert shape_str(()) == "(1)"
     assert shape_str((0, 3)) == "0 3 (0)"
+
+
+TWIN_NAMES_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y1" inner_product_param { num_output: 1 bias_term: false } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y2" inner_product_param { num_output: 1 bias_term: false } }
+"""
+
+
+def test_weights_for_a_repeated_layer_name_and_ignored_layers(tmp_path):
+    """Caffe's binary loader fills the first layer of a repeated name, its HDF5 loader the last
+    (its name index keeps the last); a layer the net lacks is logged at INFO."""
+    from log_support import capture_log
+
+    from ristretto_cli.io import read_weights, write_caffemodel, write_caffemodel_h5
+    w = np.array([[3.0, 4.0]], np.float32)
+    binary = caffe_pb2.NetParameter(name="w")
+    for name in ("ip", "extra"):
+        lp = binary.layer.add(name=name, type="InnerProduct")
+        lp.blobs.add(data=w.ravel()).shape.dim.extend(w.shape)
+    write_caffemodel(tmp_path / "w.caffemodel", binary)
+    write_caffemodel_h5(tmp_path / "w.h5", [("ip", [w], None), ("extra", [w], None)])
+    for path, filled in (("w.caffemodel", 0), ("w.h5", 1)):
+        net = build(TWIN_NAMES_NET, TEST, seed=1)
+        ips = [layer for layer in net.layers if layer.type == "InnerProduct"]
+        before = [layer.blobs[0].data.copy() for layer in ips]
+        with capture_log() as log:
+            net.copy_trained_layers_from(read_weights(tmp_path / path), path=str(tmp_path / path))
+        got = [layer.blobs[0].data for layer in ips]
+        np.testing.assert_array_equal(got[filled], w)
+        np.testing.assert_array_equal(got[1 - filled], before[1 - filled])
+        assert ("INFO", "Ignoring source layer extra") in log.entries

@@ -9,7 +9,7 @@ import numpy as np
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io.atomic import atomic_write_bytes
 from ristretto_cli.io.blobproto import blob_to_array, packed_float_field
-from ristretto_cli.io.files import parse_binary, read_bytes
+from ristretto_cli.io.files import parse_binary, read_bytes, serialize_binary
 from ristretto_cli.proto import caffe_pb2
 
 WHAT = "binaryproto blob file"
@@ -45,4 +45,4 @@ def write_mean_file(path, mean_chw) -> None:
     wire = bp.SerializeToString()
     if mean.size:
         wire += packed_float_field(5, mean.ravel())
-    atomic_write_bytes(path, wire)
+    atomic_write_bytes(path, serialize_binary(bp, path, WHAT, wire))

@@ -12,6 +12,9 @@ from ristretto_cli.errors import RistrettoError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
+# Caffe reads binary protos with a total bytes limit of INT_MAX (io.cpp kProtoReadBytesLimit).
+PROTO_BYTES_LIMIT = 2**31 - 1
+
 # Bytes that never occur in a text prototxt (C0 controls other than \t \n \v \f \r).
 _BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13))
 
@@ -77,6 +80,9 @@ def decode_text(data: bytes) -> str:
 
 def parse_binary(data: bytes, message, path, what: str):
     """Parse protobuf wire bytes into ``message``; RistrettoError "not a valid <what>"."""
+    if len(data) > PROTO_BYTES_LIMIT:
+        raise RistrettoError(f"cannot read {what}: it is {len(data)} bytes, over the 2 GB limit "
+                             f"of binary protobuf files ({PROTO_BYTES_LIMIT} bytes)", path=path)
     try:
         message.ParseFromString(data)
     except DecodeError:
@@ -84,3 +90,15 @@ def parse_binary(data: bytes, message, path, what: str):
         raise RistrettoError(f"not a valid {what}: truncated or corrupt protobuf data{hint}",
                              path=path) from None
     return message
+
+
+def serialize_binary(message, path, what: str, wire: bytes | None = None, hint: str = "") -> bytes:
+    """``message`` as wire bytes (or ``wire`` as given), refused over the 2 GB limit: protobuf
+    would write such a file, but neither Caffe nor we could read it back."""
+    data = message.SerializeToString() if wire is None else wire
+    if len(data) > PROTO_BYTES_LIMIT:
+        raise RistrettoError(f"cannot write {what}: it would be {len(data)} bytes, over the 2 GB "
+                             f"limit of binary protobuf files ({PROTO_BYTES_LIMIT} bytes) that "
+                             f"Caffe can read{hint}",
+                             path=os.fspath(path))
+    return data
