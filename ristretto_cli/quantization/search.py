@@ -197,15 +197,16 @@ def _check_score_net(net, model: str, score: str | None) -> str:
 
 
 def _check_targets(param, train_net, mode: str, model: str) -> None:
-    """Every layer the edits will change must have range statistics (a Convolution or
-    InnerProduct layer of the TRAIN net), and there must be at least one."""
+    """There must be a layer to quantize, and every layer whose integer lengths the edits
+    look up must have range statistics (a Convolution or InnerProduct layer of the TRAIN net).
+    Minifloat looks up none; power-of-two's activation edit is the DFP one (substring match)."""
     from ristretto_cli.layers import LAYER_TYPES
-    names = E.edited_layers(param, "dfp" if mode == DYNAMIC_FIXED_POINT else "exact")
-    if not names:
+    if not E.edited_layers(param, "dfp" if mode == DYNAMIC_FIXED_POINT else "exact"):
         raise RistrettoError("the net has no Convolution or InnerProduct layer to quantize", path=model)
+    needs_lengths = [] if mode == MINIFLOAT else E.edited_layers(param, "dfp")
     measured = {n for n, layer in zip(train_net.layer_names, train_net.layers)
                 if layer.type in MEASURED_TYPES}
-    for name in names:
+    for name in needs_lengths:
         if name not in measured:
             raise RistrettoError(
                 "this layer would be quantized but has no range statistics: only layers of type "
