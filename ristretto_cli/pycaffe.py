@@ -296,7 +296,8 @@ class Net:
             weights = _check_file(weights)
         param = read_net_param(model_file)
         self._net = _EngineNet(param, int(phase), level=level, stages=list(stages or []),
-                               semantics=semantics, seed=seed if seed is not None else _random_seed)
+                               semantics=semantics, seed=seed if seed is not None else _random_seed,
+                               verbose=True)   # Caffe's set-up lines, as pycaffe logs them
         if weights:
             self.copy_from(weights)
 
