@@ -109,6 +109,12 @@ SWAP_TIMINGS = 9
 _swap_timed: dict[tuple, bool] = {}
 
 
+def _c_int(value: int) -> int:
+    """A uint32 proto field as Caffe's ``int`` holds it (above INT_MAX: negative)."""
+    value = int(value)
+    return value - (1 << 32) if value > 0x7FFFFFFF else value
+
+
 def _swap_pays(rows: int, depth: int, columns: int, dtype) -> bool:
     """Whether the swapped product beats ``_product`` on one thread for this shape by
     SWAP_MAX_TIME_RATIO: both timed on random operands, alternately, the best of SWAP_TIMINGS,
@@ -385,20 +391,20 @@ class BaseConvolutionLayer(Layer):
         self.num_spatial_axes = nsp
         self.kernel = self._spatial_param("kernel", p.kernel_size, p.kernel_h, p.kernel_w,
                                           p.HasField("kernel_h") or p.HasField("kernel_w"), None, nsp)
-        if any(k <= 0 for k in self.kernel):
+        if any(_c_int(k) <= 0 for k in self.kernel):
             raise self.error("filter dimensions must be nonzero")
         self.stride = self._spatial_param("stride", p.stride, p.stride_h, p.stride_w,
                                           p.HasField("stride_h") or p.HasField("stride_w"), 1, nsp)
-        if any(s <= 0 for s in self.stride):
+        if any(_c_int(s) <= 0 for s in self.stride):
             raise self.error("stride dimensions must be nonzero")
         self.pad = self._spatial_param("pad", p.pad, p.pad_h, p.pad_w,
                                        p.HasField("pad_h") or p.HasField("pad_w"), 0, nsp)
         self.dilation = self._spatial_param("dilation", p.dilation, 0, 0, False, 1, nsp)
         self.channels = int(shape[self.channel_axis])
-        self.num_output = int(p.num_output)
+        self.num_output = _c_int(p.num_output)
         if self.num_output <= 0:
             raise self.error("num_output must be > 0")
-        self.group = int(p.group)
+        self.group = _c_int(p.group)
         if self.group <= 0:
             raise self.error("group must be > 0")
         if self.channels % self.group:

@@ -72,7 +72,7 @@ class LRNLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.lrn_param
         self.size = int(p.local_size)
-        if self.size % 2 != 1:
+        if self.size % 2 != 1 or self.size > 0x7FFFFFFF:   # Caffe's int: negative above
             raise self.error("LRN only supports odd values for local_size")
         if p.norm_region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
             raise self.error("unknown normalization region")

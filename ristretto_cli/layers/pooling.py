@@ -602,6 +602,9 @@ class PoolingLayer(Layer):
                              f"width); got {len(shape)}")
         size = (int(shape[2]), int(shape[3]))
         if self.global_pooling:
+            if 0 in size:       # Caffe's CHECK_GT on the kernel, taken from the bottom
+                raise self.error(f"filter dimensions cannot be zero (global pooling of a "
+                                 f"{size[0]}x{size[1]} input)")
             self.kernel = size
         any_pad = self.pad != (0, 0)
         pooled = tuple(pooled_size(n, k, s, p, self.ceil_mode, any_pad) for n, k, s, p in
