@@ -95,6 +95,7 @@ class Net:
         available: set[str] = set()
 
         memory_used = 0     # top elements so far, as Caffe's "Memory required for data"
+        entry_of: dict[int, int] = {}       # id(blob) -> its index in blob_entries
         for layer_id, lp in enumerate(filtered.layer):
             if not lp.HasField("phase"):
                 lp.phase = self.phase
@@ -146,22 +147,19 @@ class Net:
             except RistrettoError as exc:
                 raise exc.located(layer=lp.name) from None
             say("Setting up %s", lp.name)
-            for t, w in zip(tops, layer.loss_weights):
+            for j, (t, name, w) in enumerate(zip(tops, top_names, layer.loss_weights)):
                 say("Top shape: %s", shape_str(t.shape))
                 if w:
                     say("    with loss weight %g", w)
                 memory_used += t.count
-            say("Memory required for data: %d", memory_used * np.dtype(np.float32).itemsize)
-            for name, w in zip(top_names, layer.loss_weights):
                 if name is not None:
                     self.blob_loss_weights[name] = w
-            weights = list(layer.loss_weights) + [0.0] * len(tops)
-            for j, t in enumerate(tops):
-                if j < len(bottoms) and t is bottoms[j]:     # in place: the blob's entry
-                    k = max(k for k, e in enumerate(self.blob_entries) if e[1] is t)
-                    self.blob_entries[k] = (t.name, t, float(weights[j]))
+                if j < len(bottoms) and t is bottoms[j]:     # in place: the blob's own entry
+                    self.blob_entries[entry_of[id(t)]] = (t.name, t, float(w))
                 else:
-                    self.blob_entries.append((t.name, t, float(weights[j])))
+                    entry_of[id(t)] = len(self.blob_entries)
+                    self.blob_entries.append((t.name, t, float(w)))
+            say("Memory required for data: %d", memory_used * np.dtype(np.float32).itemsize)
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_need_backward.append(bottom_need)
@@ -507,9 +505,10 @@ class Net:
     # ------------------------------------------------------------------ weights
     def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, path: str | None = None, *,
                                  hdf5: bool | None = None) -> None:
-        """Load parameter blobs by layer name (first match), as Caffe's CopyTrainedLayersFrom.
-        As there, only HDF5 weights (``hdf5``; by default read off ``path``'s content) may leave
-        out a parameter the net shares with another layer; a binary file has every blob."""
+        """Load parameter blobs by layer name, as Caffe's CopyTrainedLayersFrom: a repeated name
+        takes the first such layer, or the last for HDF5 weights. As there, only HDF5 weights
+        (``hdf5``; by default read off ``path``'s content) may leave out a parameter the net
+        shares with another layer; a binary file has every blob."""
         from ristretto_cli.io.blobproto import blob_shape, blob_to_array, shape_equals
         from ristretto_cli.io.files import hdf5_file_signature
         if hdf5 is None:

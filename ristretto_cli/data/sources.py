@@ -142,13 +142,14 @@ def _atoi(text: str) -> int:
     return (v + 2**31) % 2**32 - 2**31
 
 
-def read_image_list(path: str) -> list[tuple[str, int]]:
+def read_image_list(path: str, *, keep_blank: bool = False) -> list[tuple[str, int] | None]:
     """An image list file: one ``<path> <label>`` per line, split at the last space.
 
     Like Caffe: the label is the text after the last space; a line without a space is a
     path with label ``atoi(line)`` (usually 0). Unlike Caffe (atoi), a label that is not an
     integer is an error (file:line); trailing whitespace and ``\\r`` are ignored, and blank
-    lines skipped.
+    lines skipped, or with ``keep_blank`` kept as None so that entries keep Caffe's getline line
+    numbers (convert_imageset's keys).
     """
     try:
         with open(path, "rb") as f:
@@ -156,10 +157,15 @@ def read_image_list(path: str) -> list[tuple[str, int]]:
     except OSError as exc:
         reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
         raise RistrettoError(f"cannot read the image list: {reason}", path=path) from None
-    lines = []
-    for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").split("\n"), 1):
+    lines: list[tuple[str, int] | None] = []
+    text = raw.decode("utf-8", "surrogateescape").split("\n")
+    if text[-1] == "":          # getline gives no line after the last newline
+        text.pop()
+    for lineno, line in enumerate(text, 1):
         line = line.rstrip()
         if not line:
+            if keep_blank:
+                lines.append(None)
             continue
         pos = line.rfind(" ")
         if pos < 0:
@@ -173,7 +179,7 @@ def read_image_list(path: str) -> list[tuple[str, int]]:
         if not -2**31 <= value < 2**31:
             raise RistrettoError(f"the label {label} is out of the int32 range", path=path, line=lineno)
         lines.append((line[:pos], value))
-    if not lines:
+    if not any(lines):
         raise RistrettoError("the image list is empty", path=path)
     return lines
 

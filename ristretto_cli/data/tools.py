@@ -135,26 +135,15 @@ def _image_datum(path: str, label: int, *, is_color: bool, height: int, width: i
     return encoded_datum(buf.tobytes(), label), shape
 
 
-def _list_slots(list_file: str) -> list:
-    """The list's entries by getline line (Caffe's line ids): None for a blank line."""
-    from ristretto_cli.data.sources import read_image_list
-    entries = iter(read_image_list(list_file))
-    with open(list_file, "rb") as f:
-        text = f.read().decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [next(entries) if line.rstrip() else None for line in lines]
-
-
 def convert_imageset(root_folder: str, list_file: str, db_path, *, gray: bool = False, shuffle: bool = False,
                      backend: str = "lmdb", resize_width: int = 0, resize_height: int = 0,
                      check_size: bool = False, encoded: bool = False, encode_type: str = "",
                      seed: int | None = None, progress: bool = True) -> int:
     """Caffe's convert_imageset: the list's images as Datums under keys ``%08d_<path>``."""
+    from ristretto_cli.data.sources import read_image_list
     backend = backend_name(backend)
     is_color = not gray
-    slots = _list_slots(os.fspath(list_file))
+    slots = read_image_list(os.fspath(list_file), keep_blank=True)   # None: a blank line
     if shuffle:
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))

@@ -17,6 +17,7 @@ from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io.atomic import atomic_output, atomic_write_bytes
 from ristretto_cli.io.blobproto import array_to_blob, check_blob
 from ristretto_cli.io.files import (
+    HDF5_SNAPSHOT_HINT,
     hdf5_file_signature,
     looks_like_text,
     parse_binary,
@@ -29,7 +30,6 @@ from ristretto_cli.proto import caffe_pb2
 
 WEIGHTS = "caffemodel"
 H5_WEIGHTS = "Caffe HDF5 weights file"
-_H5_HINT = "; use the HDF5 format (snapshot_format: HDF5)"
 
 
 def check_net_blobs(net, path, what: str = WEIGHTS) -> None:
@@ -118,7 +118,7 @@ def read_weights_h5(path):
 
 def write_caffemodel(path, net) -> None:
     """Write ``net`` as a binary caffemodel, atomically."""
-    atomic_write_bytes(path, serialize_binary(net, path, WEIGHTS, hint=_H5_HINT))
+    atomic_write_bytes(path, serialize_binary(net, path, WEIGHTS, hint=HDF5_SNAPSHOT_HINT))
 
 
 def write_caffemodel_h5(path, layers) -> None:

@@ -14,6 +14,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 # Caffe reads binary protos with a total bytes limit of INT_MAX (io.cpp kProtoReadBytesLimit).
 PROTO_BYTES_LIMIT = 2**31 - 1
+#: What to say when a snapshot (weights, solver state) outgrows the limit.
+HDF5_SNAPSHOT_HINT = "; use the HDF5 format (snapshot_format: HDF5)"
 
 # Bytes that never occur in a text prototxt (C0 controls other than \t \n \v \f \r).
 _BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13))

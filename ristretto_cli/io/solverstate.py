@@ -7,7 +7,7 @@ import os
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.io.atomic import atomic_output, atomic_write_bytes
 from ristretto_cli.io.blobproto import array_to_blob, blob_to_array, check_blob
-from ristretto_cli.io.files import parse_binary, read_bytes, serialize_binary
+from ristretto_cli.io.files import HDF5_SNAPSHOT_HINT, parse_binary, read_bytes, serialize_binary
 from ristretto_cli.io.hdf5util import (
     load_float_dataset,
     load_int,
@@ -22,7 +22,6 @@ from ristretto_cli.proto import caffe_pb2
 
 WHAT = "solver state"
 H5_WHAT = "HDF5 solver state"
-_H5_HINT = "; use the HDF5 format (snapshot_format: HDF5)"
 
 
 def read_solverstate(path):
@@ -68,7 +67,7 @@ def read_solverstate_h5(path):
 
 def write_solverstate(path, state) -> None:
     """Write a SolverState as binary protobuf, atomically."""
-    atomic_write_bytes(path, serialize_binary(state, path, WHAT, hint=_H5_HINT))
+    atomic_write_bytes(path, serialize_binary(state, path, WHAT, hint=HDF5_SNAPSHOT_HINT))
 
 
 def write_solverstate_h5(path, state) -> None:
