@@ -39,7 +39,7 @@ def deploy_param(prototxt, batch: int):
     return param
 
 
-def he_filled_net(param, seed: int, input_scale: float) -> Net:
+def he_filled_net(param, seed: int, input_scale: float, replace_fillers: bool = False) -> Net:
     """Our Net with seeded gaussian weights for a deploy file that carries no fillers.
 
     Weights are He-scaled (Caffe's ``msra``: std sqrt(2 / fan_in)), which keeps ReLU
@@ -47,20 +47,51 @@ def he_filled_net(param, seed: int, input_scale: float) -> Net:
     trained ImageNet nets, so LRN really normalises). The last layer with weights (the
     classifier) is divided by ``input_scale`` so that the class scores are of order one and
     the softmax is not saturated. Biases are gaussian (std 1) so that a dropped bias shows.
-    A filler the file does set (other than constant zero) is kept.
+    A filler the file does set (other than constant zero) is kept, unless ``replace_fillers``
+    (GoogLeNet's xavier, half the He variance, shrinks the activations layer after layer).
     """
     param = type(param).FromString(param.SerializeToString())
     weighted = [lp for lp in param.layer if lp.type in ("Convolution", "InnerProduct")]
     for lp in weighted:
         p = lp.convolution_param if lp.type == "Convolution" else lp.inner_product_param
-        if _unset(p.weight_filler):
+        if replace_fillers or _unset(p.weight_filler):
+            p.weight_filler.Clear()
             p.weight_filler.type = "msra"
-        if p.bias_term and _unset(p.bias_filler):
+        if p.bias_term and (replace_fillers or _unset(p.bias_filler)):
+            p.bias_filler.Clear()
             p.bias_filler.type = "gaussian"
             p.bias_filler.std = 1.0
     net = Net(param, TEST, seed=seed)
     net.layer_by_name(weighted[-1].name).blobs[0].data *= np.float32(1.0 / input_scale)
     return net
+
+
+def calibrate_batch_norm(net: Net, x: np.ndarray, seed: int) -> None:
+    """Running statistics and affine factors for a filled net's BatchNorm and Scale layers,
+    as training would leave them: each BatchNorm's mean near its input's channel means on
+    ``x`` (offsets of a tenth of a standard deviation), its variance that of the channel plus
+    that of the whole blob (so that no channel of near-constant values divides by a tiny
+    deviation and blows up float32 rounding), times 0.7-1.4; Scale factors 0.5-1.5, offsets
+    of std 0.2. Runs the net layer by layer on ``x`` to see each layer's input."""
+    rng = np.random.default_rng(seed)
+    (name,) = net.input_names
+    net.blobs[name].reshape(x.shape)
+    net.blobs[name].data[...] = x
+    for i, layer in enumerate(net.layers):
+        if layer.type == "BatchNorm":
+            b = net.bottom_vecs[i][0].data
+            axes = (0,) + tuple(range(2, b.ndim))
+            c = b.shape[1]
+            layer.blobs[0].data[...] = (b.mean(axis=axes) + rng.normal(0, 0.1, c) * b.std(axis=axes)).reshape(
+                layer.blobs[0].shape)
+            layer.blobs[1].data[...] = ((b.var(axis=axes) + b.var()) * rng.uniform(0.7, 1.4, c)).reshape(
+                layer.blobs[1].shape)
+            layer.blobs[2].data[...] = 1.0
+        elif layer.type == "Scale":
+            layer.blobs[0].data[...] = rng.uniform(0.5, 1.5, layer.blobs[0].shape)
+            for blob in layer.blobs[1:]:
+                blob.data[...] = rng.normal(0, 0.2, blob.shape)
+        net.forward(i, i)
 
 
 def _unset(filler) -> bool:

@@ -222,6 +222,8 @@ def _forward_swapped_and_not(spec_extra, shape, monkeypatch):
     spec = ('type: "Convolution" convolution_param { ' + spec_extra +
             ' weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.1 } }')
     monkeypatch.setattr(convolution, "_swap_pays", lambda *args: True)
+    # groups one by one even where small, as swapped products are taken
+    monkeypatch.setattr(convolution, "GROUP_BATCH_MADDS", 0)
     used = []
     real = convolution.BaseConvolutionLayer._store_swapped.__func__
     monkeypatch.setattr(convolution.BaseConvolutionLayer, "_store_swapped",

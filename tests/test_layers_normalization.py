@@ -475,3 +475,40 @@ def test_float32_stays_float32(spec, shapes, phase):
     layer.backward(t, [True] * len(b), b)
     assert all(x.diff.dtype == np.float32 for x in b)
     assert all(blob.diff.dtype == np.float32 for blob in layer.blobs)
+
+
+IN_PLACE_SPECS = {
+    "BatchNorm global": ('type: "BatchNorm" batch_norm_param { use_global_stats: true } '
+                         'blobs { shape { dim: 3 } data: [1, -2, 0.5] } blobs { shape { dim: 3 } data: [4, 2, 9] } '
+                         'blobs { shape { dim: 1 } data: [2] }', TEST),
+    "BatchNorm batch": ('type: "BatchNorm"', TRAIN),
+    "Scale and bias": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" std: 1 } '
+                       'bias_filler { type: "gaussian" std: 1 } }', TRAIN),
+    "Bias": ('type: "Bias" bias_param { filler { type: "gaussian" std: 1 } }', TRAIN),
+}
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided bottom"])
+@pytest.mark.parametrize("name", list(IN_PLACE_SPECS))
+def test_in_place_writes_through_with_the_separate_tops_bits(name, strided):
+    """In place the results go into the bottom's own array (which other blobs may alias),
+    with the same bits as into a separate top, and the backward is the same too; a strided
+    bottom (no reshaped view of it) is written through all the same."""
+    spec, phase = IN_PLACE_SPECS[name]
+    x = (rand(2, 3, 4, 5) * 2 + 1).astype(np.float32)
+    dy = rand(2, 3, 4, 5).astype(np.float32)
+    separate = setup(spec, [x], phase=phase, seed=9)
+    in_place = setup(spec, [x], phase=phase, seed=9, in_place=True)
+    if strided:   # the same values in a Fortran-ordered array
+        in_place[1][0].data = np.asfortranarray(in_place[1][0].data)
+    alias = in_place[1][0].data
+    grads = []
+    for layer, bottoms, tops in (separate, in_place):
+        layer.forward(bottoms, tops)
+        tops[0].diff = dy.copy()
+        layer.backward(tops, [True], bottoms)
+        grads.append([bottoms[0].diff.copy()] + [blob.diff.copy() for blob in layer.blobs])
+    assert in_place[2][0].data is alias
+    np.testing.assert_array_equal(alias.view(np.uint32), separate[2][0].data.view(np.uint32))
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(np.ascontiguousarray(a).view(np.uint32), b.view(np.uint32))

@@ -200,6 +200,8 @@ CONV_CASES = [
     ((2, 2, 2, 2), 2, (3,), (2,), (), (), 1),               # window past the input (C truncation)
     ((2, 2, 4, 3, 5), 2, (3, 2, 2), (1, 2, 1), (1, 0, 1), (1, 1, 2), 1),   # 3-D
     ((2, 3, 9), 3, (3,), (2,), (1,), (2,), 1),              # 1-D
+    ((2, 5, 6, 7), 5, (3,), (), (1,), (), 5),               # depthwise (one batched product)
+    ((2, 4, 7, 6), 8, (3,), (2,), (1,), (), 4),             # two outputs per group, stride 2
 ]
 
 
@@ -323,6 +325,7 @@ def test_conv_panels_match_direct_loops(case, rows, depth, deep, threads, monkey
     the plumbing, not about the BLAS's bits (``tests/test_blas_panels.py``)."""
     _chunks_on_threads(monkeypatch, 1, threads)
     monkeypatch.setattr(blas_panels, "agrees", lambda *a, **kw: True)
+    monkeypatch.setattr(convolution, "GROUP_BATCH_MADDS", 0)     # small groups one by one too
     if deep:
         monkeypatch.setattr(blas_panels, "BLOCK_DEPTH", 8)
         monkeypatch.setattr(blas_panels, "BLOCK_UNROLL", 1)
@@ -390,6 +393,8 @@ GRAD_CASES = [
     ((1, 2, 7, 6), 2, (2, 3), (1, 2), (1, 0), (2, 1), 1),   # rectangular, dilation
     ((2, 4, 3, 3), 4, (1,), (), (), (), 2),                 # pointwise with groups
     ((1, 2, 3, 4, 4), 2, (2,), (1, 2, 1), (1,), (), 1),     # 3-D
+    ((2, 4, 5, 5), 4, (3,), (), (1,), (), 4),               # depthwise, stride 1
+    ((2, 3, 6, 5), 3, (3,), (2,), (1,), (), 3),             # depthwise, stride 2
 ]
 
 

@@ -8,7 +8,9 @@ Nets: LeNet, CIFAR-10 quick and CIFAR-10 full with their trained weights and rea
 their legacy V1 twins (V1 prototxt and V1 caffemodel, which OpenCV reads without our
 upgrade), and the model-zoo deploy files of AlexNet, CaffeNet, SqueezeNet 1.0/1.1 and VGG-16
 (legacy V1 with input_dim) with seeded He-scaled gaussian weights written by
-``write_caffemodel`` (see ``he_filled_net``), fed mean-subtracted ImageNet photos.
+``write_caffemodel`` (see ``he_filled_net``), fed mean-subtracted ImageNet photos; and the same
+way GoogLeNet, MobileNet v1/v2 and ResNet-50, whose BatchNorm statistics are calibrated on the
+photos (ResNet-50's blobs one by one through stage 4, see ``COMPARED_UNTIL``).
 
 What OpenCV does not expose and so is not compared: the Input layer's top (the data we feed
 both) and the Split layers our engine inserts where a blob has several consumers (OpenCV's
@@ -25,6 +27,7 @@ import pytest
 from conftest import shared_data
 from opencv_support import (
     RTOL,
+    calibrate_batch_norm,
     cifar_batch,
     deploy_param,
     he_filled_net,
@@ -75,7 +78,27 @@ FILLED = {
     "vgg16": ("prototxt/vgg16/VGG_ILSVRC_16_layers_deploy.prototxt", 224, 1),  # 138M parameters
 }
 
-ALL = list(TRAINED) + list(FILLED)
+# Model-zoo deploy files beyond those: inception modules, BatchNorm with Scale, residual sums,
+# depthwise convolutions. He weights throughout (GoogLeNet's own xavier fillers shrink the
+# activations layer by layer), BatchNorm statistics calibrated on the input images
+# (``calibrate_batch_norm``).
+ZOO = {
+    "googlenet": ("prototxt/bvlc_googlenet/deploy.prototxt", 224, 2),
+    "mobilenet_v1": ("prototxt/mobilenet/mobilenet_deploy.prototxt", 224, 2),
+    "mobilenet_v2": ("prototxt/mobilenet/mobilenet_v2_deploy.prototxt", 224, 2),
+    "resnet50": ("prototxt/resnet/ResNet-50-deploy.prototxt", 224, 2),
+}
+# The layer from which blobs are no longer compared one by one, only through the final output.
+# Two float32 implementations drift apart with depth: through ResNet-50's 50 layers of
+# convolution, normalisation and residual sums their per-blob difference grows steadily from
+# 5e-7 to 6e-5 in stage 5. A pass in float64 (float32 only between layers) puts both equally
+# far from it there (5.1e-5 ours, 4.9e-5 OpenCV's at ``bn5b_branch2b``): rounding, not a
+# difference in the function, within 1.6x of the rule at depth. Stages 1-4 hold every layer
+# type of the net.
+COMPARED_UNTIL = {"resnet50": "res5a_branch1"}
+
+FILLED_ALL = {**FILLED, **ZOO}
+ALL = list(TRAINED) + list(FILLED_ALL)
 SEED = 20240531
 TRAINED_BATCH = 2
 
@@ -104,11 +127,17 @@ def _trained_case(name: str) -> Case:
 
 
 def _filled_case(name: str, folder: Path) -> Case:
-    relpath, side, batch = FILLED[name]
+    relpath, side, batch = FILLED_ALL[name]
     prototxt = shared_data(relpath)
     x = imagenet_batch(shared_data("images/foolbox_imagenet"), shared_data("imagenet/ilsvrc_2012_mean.npy"),
                        side, batch)
-    net = he_filled_net(deploy_param(prototxt, batch), seed=SEED, input_scale=float(x.std()))
+    param = deploy_param(prototxt, batch)
+    normalised = any(lp.type == "BatchNorm" for lp in param.layer)
+    # behind BatchNorm the activations are of order one: no need to scale the classifier down
+    net = he_filled_net(param, seed=SEED, input_scale=1.0 if normalised else float(x.std()),
+                        replace_fillers=name in ZOO)
+    if normalised:
+        calibrate_batch_norm(net, x, seed=SEED)
     caffemodel = folder / f"{name}.caffemodel"
     write_caffemodel(caffemodel, net.to_proto())
     return _finish(net, prototxt, caffemodel, x, None)
@@ -138,9 +167,12 @@ def test_every_blob_opencv_exposes_matches(case, name):
     hidden = {n: t for n, t in c.types.items() if n not in theirs}
     assert set(hidden.values()) <= {"Input", "Split"}, f"layers OpenCV does not expose: {hidden}"
     errors = {}
+    order = list(c.types)
+    until = order.index(COMPARED_UNTIL[name]) if name in COMPARED_UNTIL else len(order)
     for layer, out in theirs.items():
         assert out.shape == c.ours[layer].shape, f"{layer}: shape {c.ours[layer].shape} vs {out.shape}"
-        errors[layer] = relative_error(c.ours[layer], out)
+        if order.index(layer) < until or layer == c.output:
+            errors[layer] = relative_error(c.ours[layer], out)
     too_far = {layer: err for layer, err in errors.items() if not err <= RTOL}
     assert not too_far, f"relative errors above {RTOL}: {too_far}"
     assert c.output in errors
@@ -169,10 +201,11 @@ def test_trained_nets_classify_their_images(case, name):
 
 def test_filled_nets_are_not_degenerate(case):
     """The seeded weights give live, unsaturated nets, so the comparisons above mean something."""
-    for name in FILLED:
+    for name in FILLED_ALL:
         c = case(name)
         probs = c.ours[c.output].reshape(len(c.x), -1)
         assert 0.01 < probs.max() < 0.999, name  # the softmax is not saturated
         for layer, out in c.ours.items():
-            if c.types[layer] in ("Convolution", "InnerProduct", "ReLU", "Pooling", "LRN"):
+            if c.types[layer] in ("Convolution", "InnerProduct", "ReLU", "Pooling", "LRN", "BatchNorm",
+                                  "Scale", "Eltwise", "Concat"):
                 assert np.count_nonzero(out) > out.size // 10, f"{name}/{layer} is mostly zero"

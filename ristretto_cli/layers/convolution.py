@@ -219,6 +219,34 @@ def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     parallel.matmul(a, b, out)
 
 
+#: Groups whose products take fewer multiply-adds than this each go as one batched matmul.
+GROUP_BATCH_MADDS = 1 << 20
+
+
+def _batches_groups(groups: int, rows: int, depth: int, columns: int) -> bool:
+    """Whether ``_group_products`` runs these groups' products as one batched matmul."""
+    return groups > 1 and rows * depth * columns < GROUP_BATCH_MADDS
+
+
+def _group_products(a: np.ndarray, b: np.ndarray, out: np.ndarray, product=_product) -> None:
+    """``out[g] = a[g] @ b[g]`` for every group: ``a`` ``(groups, rows, depth)``, ``b``
+    ``(groups, depth, columns)``, each group's product by ``product``. Many small groups
+    (depthwise convolutions: 9-deep rows) go as one batched ``matmul`` instead, in ranges of
+    groups on the threads: NumPy makes the same BLAS call for each group as a loop would
+    (the same bits; such products are never split by columns, see ``parallel.matmul``),
+    without a Python call per group, which took longer than the product itself."""
+    groups, rows, depth = a.shape
+    madds = rows * depth * b.shape[-1]
+    if not _batches_groups(groups, rows, depth, b.shape[-1]):
+        for g in range(groups):
+            product(a[g], b[g], out[g])
+        return
+
+    def share(g0: int, g1: int) -> None:
+        np.matmul(a[g0:g1], b[g0:g1], out=out[g0:g1])
+    parallel.for_ranges(groups, share, min_items=-(-parallel.SPLIT_MIN_FLOPS // max(1, 2 * madds)))
+
+
 #: Bias gradients over at least this many elements per thread are summed on the threads.
 PARALLEL_SUM_ELEMENTS = 1 << 19
 
@@ -321,6 +349,11 @@ class _WeightGradient:
     def add(self, slot: int, g: int, a: np.ndarray, b: np.ndarray) -> None:
         lhs, rhs = (b, a) if self.transposed else (a, b)
         parallel.matmul(lhs, rhs.T, self.parts[slot, g])
+
+    def add_groups(self, slot: int, a: np.ndarray, b: np.ndarray) -> None:
+        """``add`` for every group at once: ``a`` ``(groups, m, P)``, ``b`` ``(groups, k, P)``."""
+        lhs, rhs = (b, a) if self.transposed else (a, b)
+        _group_products(lhs, rhs.transpose(0, 2, 1), self.parts[slot], parallel.matmul)
 
     def add_items(self, slot: int, g: int, a: np.ndarray, b: np.ndarray) -> None:
         """As ``add`` with ``a`` ``(n, m, P)`` and ``b`` ``(n, k, P)``: the sum over the n
@@ -659,23 +692,21 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 col = im2col(xc[:, :, image_rows], sub, False,
                              out=scratch("col", (c * geo.kernel_size, m), x.dtype))
                 res = scratch("gemm", (o, m), x.dtype)
-                for g in range(g_):
-                    _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                _group_products(wg, col.reshape(g_, kg, m), res.reshape(g_, og, m))
                 per_row = sub.col_size // (rows[1] - rows[0])
                 yc = yc[:, :, rows[0] * per_row:rows[1] * per_row]
                 self._store_result(yc, res, from_cols(res, n, (sub.col_size,), False), bias)
             else:
                 bi = batch_inner_for(n, geo.cols, x.dtype.itemsize)
                 col = im2col(xc, geo, bi, out=scratch("col", (c * geo.kernel_size, n * p), x.dtype))
-                if _swaps(og, kg, n * p, x.dtype):
+                if not _batches_groups(g_, og, kg, n * p) and _swaps(og, kg, n * p, x.dtype):
                     res = scratch("gemm", (g_, n * p, og), x.dtype)
                     for g in range(g_):
                         blas_panels.swapped_product(wg[g], col[g * kg:(g + 1) * kg], res[g])
                     self._store_swapped(yc, res, n, (p,), bi, bias)
                 else:
                     res = scratch("gemm", (o, n * p), x.dtype)
-                    for g in range(g_):
-                        _product(wg[g], col[g * kg:(g + 1) * kg], res[g * og:(g + 1) * og])
+                    _group_products(wg, col.reshape(g_, kg, n * p), res.reshape(g_, og, n * p))
                     self._store_result(yc, res, from_cols(res, n, (p,), bi), bias)
             if chunk_output is not None:
                 chunk_output(yc)
@@ -752,13 +783,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
                 fcol = im2col(dyc.reshape((n, o) + geo.cols), fgeo, fbi,
                               out=scratch("col", (o * geo.kernel_size, n * geo.image_size), x.dtype))
+                m = n * geo.image_size
                 if dwg is not None:
                     xt = _cols(xc, fbi, "cols_in")
-                    for g in range(g_):
-                        dwg.add(slot, g, fcol[g * fk:(g + 1) * fk], xt[g * cg:(g + 1) * cg])
-                res = scratch("gemm", (c, n * geo.image_size), x.dtype)
-                for g in range(g_):
-                    parallel.matmul(wf[g], fcol[g * fk:(g + 1) * fk], res[g * cg:(g + 1) * cg])
+                    dwg.add_groups(slot, fcol.reshape(g_, fk, m), xt.reshape(g_, cg, m))
+                res = scratch("gemm", (c, m), x.dtype)
+                _group_products(wf, fcol.reshape(g_, fk, m), res.reshape(g_, cg, m), parallel.matmul)
                 put_dx(n0, n1, from_cols(res, n, geo.image, fbi))
                 return
             if geo.pointwise:
@@ -772,17 +802,17 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         _product(wgt[g], dyc[:, g * og:(g + 1) * og], dxc[:, g * cg:(g + 1) * cg])
                     put_dx(n0, n1)
                 return
-            col = scratch("col", (c * geo.kernel_size, n * p), x.dtype)
+            m = n * p
+            col = scratch("col", (c * geo.kernel_size, m), x.dtype)
             if dwg is not None:
                 dyt = _cols(dyc, bi, "gemm")
                 im2col(xc, geo, bi, out=col)
-                for g in range(g_):
-                    dwg.add(slot, g, dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                dwg.add_groups(slot, dyt.reshape(g_, og, m), col.reshape(g_, kg, m))
             if dx is not None:
                 if dwg is None:
                     dyt = _cols(dyc, bi, "gemm")
-                for g in range(g_):   # the column buffer is reused for the column gradient
-                    _product(wgt[g], dyt[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg])
+                # the column buffer is reused for the column gradient
+                _group_products(wgt, dyt.reshape(g_, og, m), col.reshape(g_, kg, m))
                 col2im(col, geo, n, c, bi, out=dx[n0:n1])
                 put_dx(n0, n1)
         self._each_chunk_summed(bounds, backward_chunk, dwg)

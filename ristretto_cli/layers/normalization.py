@@ -6,6 +6,7 @@ import numpy as np
 
 from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import TEST, Layer
+from ristretto_cli.layers.im2col import scratch
 from ristretto_cli.layers.manipulation import layer_axis, write_top
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
@@ -69,32 +70,45 @@ class BatchNormLayer(Layer):
             self._x_norm, self._std = x.copy(), np.ones(c, dt)
             write_top(bottom[0], top[0], bottom[0].data.copy())
             return
+        in_place = top[0] is bottom[0]
+        # In place, the results go straight into the bottom's array where ``x`` is a view of it.
+        into_x = in_place and bottom[0].data.flags.c_contiguous
         if self.use_global_stats:
             norm = self.blobs[2].data.reshape(-1)[0]
             factor = dt.type(0) if norm == 0 else dt.type(1) / dt.type(norm)
             mean = factor * self.blobs[0].data.reshape(c).astype(dt)
             var = factor * self.blobs[1].data.reshape(c).astype(dt)
-            centred = x - mean[:, None]
-        else:
-            inv_m = dt.type(1.0 / (n * s))
-            mean = (x.sum(axis=2) * inv_m).sum(axis=0)
-            centred = x - mean[:, None]
-            var = ((centred * centred).sum(axis=2) * inv_m).sum(axis=0)
-            # Running averages, written into the blobs' arrays (the solver and test nets share them).
-            frac = self.blobs[0].data.dtype.type(p.moving_average_fraction)
-            b0, b1, b2 = (self.blobs[k].data for k in range(3))
-            b2 *= frac
-            b2 += 1
-            b0[...] = mean.reshape(b0.shape) + frac * b0
-            m = count(bottom[0].shape) // c
-            correction = dt.type(m) / dt.type(m - 1) if m > 1 else dt.type(1)
-            b1[...] = (correction * var).reshape(b1.shape) + frac * b1
+            std = np.sqrt(var + dt.type(p.eps))
+            # Backward needs only std here: y is computed straight into the top, two passes.
+            y = np.subtract(x, mean[:, None], out=x if into_x else None)
+            np.divide(y, std[:, None], out=y)
+            self._x_norm, self._std = None, std
+            if not into_x:
+                write_top(bottom[0], top[0], y.reshape(bottom[0].shape))
+            return
+        inv_m = dt.type(1.0 / (n * s))
+        mean = (x.sum(axis=2) * inv_m).sum(axis=0)
+        centred = x - mean[:, None]
+        squares = np.multiply(centred, centred, out=scratch("bn_squares", centred.shape, dt))
+        var = ((squares.sum(axis=2) * inv_m).sum(axis=0))
+        # Running averages, written into the blobs' arrays (the solver and test nets share them).
+        frac = self.blobs[0].data.dtype.type(p.moving_average_fraction)
+        b0, b1, b2 = (self.blobs[k].data for k in range(3))
+        b2 *= frac
+        b2 += 1
+        b0[...] = mean.reshape(b0.shape) + frac * b0
+        m = count(bottom[0].shape) // c
+        correction = dt.type(m) / dt.type(m - 1) if m > 1 else dt.type(1)
+        b1[...] = (correction * var).reshape(b1.shape) + frac * b1
         std = np.sqrt(var + dt.type(p.eps))
-        y = centred / std[:, None]
-        # Cached for backward: a later in-place layer may overwrite the top.
+        y = np.divide(centred, std[:, None], out=centred)
+        # Kept for backward apart from the top: a later in-place layer may overwrite the top.
         self._x_norm = y
         self._std = std
-        write_top(bottom[0], top[0], y.reshape(bottom[0].shape).copy())
+        if into_x:
+            x[...] = y
+        else:
+            write_top(bottom[0], top[0], y.reshape(bottom[0].shape).copy())
 
     def backward_cpu(self, top, propagate_down, bottom):
         # The bottom's gradient whenever the net runs this backward, propagate_down or not,
@@ -102,14 +116,22 @@ class BatchNormLayer(Layer):
         dy = self._view(top[0].diff)
         std = self._std[:, None]
         if self.use_global_stats:
+            if top[0] is bottom[0] and top[0].diff.flags.c_contiguous and dy.flags.writeable:
+                np.divide(dy, std, out=dy)      # in place: dy is a view of the bottom's gradient
+                return
             dx = dy / std
         else:
             n, c, s = dy.shape
             y = self._x_norm
-            sum_dy_y = (dy * y).sum(axis=2).sum(axis=0)
+            dy_y = np.multiply(dy, y, out=scratch("bn_products", dy.shape, dy.dtype))
+            sum_dy_y = dy_y.sum(axis=2).sum(axis=0)
             sum_dy = dy.sum(axis=2).sum(axis=0)
-            t = y * sum_dy_y[:, None] + sum_dy[:, None]
-            dx = (dy + dy.dtype.type(-1.0 / max(n * s, 1)) * t) / std
+            # dx = (dy - (y * sum_dy_y + sum_dy) / m) / std, each step into one array
+            dx = np.multiply(y, sum_dy_y[:, None])
+            dx += sum_dy[:, None]
+            dx *= dy.dtype.type(-1.0 / max(n * s, 1))
+            dx += dy
+            dx /= std
         bottom[0].diff = dx.reshape(bottom[0].shape)
 
 
@@ -238,14 +260,26 @@ class ScaleLayer(Layer):
 
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
-        # Backward needs the input; in place it is about to be overwritten.
-        self._x = x.copy() if top[0] is bottom[0] else x
+        in_place = top[0] is bottom[0]
+        into_x = in_place and x.flags.c_contiguous   # results straight into the bottom's array
+        if in_place:
+            # Backward needs the input, about to be overwritten: kept in an array of the layer's
+            # own, reused from pass to pass.
+            if getattr(self, "_x", None) is None or self._x.shape != x.shape or self._x is x:
+                self._x = np.empty_like(x)
+            np.copyto(self._x, x)
+        else:
+            self._x = x
         outer, dim, inner = self._dims
-        y = x.reshape(self._dims) * self._factor(bottom).reshape(1, dim, 1).astype(x.dtype, copy=False)
+        s = self._factor(bottom).reshape(1, dim, 1).astype(x.dtype, copy=False)
+        xv = x.reshape(self._dims)
+        y = np.multiply(xv, s, out=xv if into_x else None)
         if self._bias_index is not None:
             b = self.blobs[self._bias_index].data
-            y = y.reshape(self._bias_dims) + b.reshape(1, b.size, 1).astype(x.dtype, copy=False)
-        write_top(bottom[0], top[0], y.reshape(x.shape))
+            yb = y.reshape(self._bias_dims)
+            np.add(yb, b.reshape(1, b.size, 1).astype(x.dtype, copy=False), out=yb)
+        if not into_x:
+            write_top(bottom[0], top[0], y.reshape(x.shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff
@@ -254,7 +288,8 @@ class ScaleLayer(Layer):
                 self.blobs[self._bias_index].shape)
         learned = len(bottom) == 1
         if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
-            ds = _sum_outer_inner(dy * self._x, self._dims)
+            ds = _sum_outer_inner(np.multiply(dy, self._x, out=scratch("scale_products", dy.shape, dy.dtype)),
+                                  self._dims)
             if learned:
                 self.blobs[0].diff += ds.reshape(self.blobs[0].shape)
             else:
@@ -262,7 +297,10 @@ class ScaleLayer(Layer):
         if propagate_down[0]:
             outer, dim, inner = self._dims
             s = self._factor(bottom).reshape(1, dim, 1).astype(dy.dtype, copy=False)
-            bottom[0].diff = (dy.reshape(self._dims) * s).reshape(bottom[0].shape)
+            if top[0] is bottom[0] and dy.flags.c_contiguous and dy.flags.writeable:
+                np.multiply(dy.reshape(self._dims), s, out=dy.reshape(self._dims))   # in place, as Caffe
+            else:
+                bottom[0].diff = (dy.reshape(self._dims) * s).reshape(bottom[0].shape)
 
 
 @register("Bias")
@@ -289,8 +327,11 @@ class BiasLayer(Layer):
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
         b = self._bias(bottom)
-        y = x.reshape(self._dims) + b.reshape(1, b.size, 1).astype(x.dtype, copy=False)
-        write_top(bottom[0], top[0], y.reshape(x.shape))
+        into_x = top[0] is bottom[0] and x.flags.c_contiguous
+        xv = x.reshape(self._dims)
+        y = np.add(xv, b.reshape(1, b.size, 1).astype(x.dtype, copy=False), out=xv if into_x else None)
+        if not into_x:
+            write_top(bottom[0], top[0], y.reshape(x.shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff

@@ -1,0 +1,72 @@
+"""Many small groups (depthwise convolutions, as in MobileNet) go through one batched product
+(``convolution._group_products``) instead of a Python call per group. NumPy then makes the
+same BLAS call for every group, so the forward, the input gradient and the weight gradient
+must keep their bits exactly: checked here against the groups taken one by one, at one and
+two threads, through every path (row blocks of one item, batch chunks, the flipped-kernel
+input gradient of stride 1, the column gradient of stride 2). Their values against direct
+loops and finite differences are in ``tests/test_layers_vision.py`` (depthwise cases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from layer_check import setup
+
+from ristretto_cli import parallel
+from ristretto_cli.layers import convolution
+
+FILLERS = 'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 }'
+
+DEPTHWISE = [
+    # bottom shape, stride, multiplier (outputs per group); MobileNet-sized planes
+    ((1, 32, 28, 28), 1, 1),
+    ((1, 32, 28, 28), 2, 1),
+    ((4, 24, 14, 14), 1, 1),
+    ((4, 24, 14, 14), 2, 2),
+]
+
+
+def _pass(shape, stride, multiplier, threads, batched):
+    c = shape[1]
+    spec = (f'type: "Convolution" convolution_param {{ num_output: {c * multiplier} group: {c} '
+            f'kernel_size: 3 pad: 1 stride: {stride} {FILLERS} }}')
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    calls = []
+    real = convolution._batches_groups
+
+    def batches(*args):
+        calls.append(real(*args) if batched else False)
+        return calls[-1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(convolution, "_batches_groups", batches)
+        mp.setattr(parallel, "_threads", threads)
+        layer, bottoms, tops = setup(spec, [x])
+        layer.forward(bottoms, tops)
+        tops[0].diff = np.random.default_rng(4).standard_normal(tops[0].shape).astype(np.float32)
+        layer.backward(tops, [True], bottoms)
+    return [a.copy() for a in (tops[0].data, bottoms[0].diff, layer.blobs[0].diff, layer.blobs[1].diff)], calls
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, stride, multiplier", DEPTHWISE, ids=lambda v: "x".join(map(str, v))
+                         if isinstance(v, tuple) else str(v))
+def test_batched_groups_keep_the_bits(shape, stride, multiplier, threads):
+    batched, calls = _pass(shape, stride, multiplier, threads, batched=True)
+    looped, _ = _pass(shape, stride, multiplier, threads, batched=False)
+    assert calls and all(calls), "every product of these layers goes batched"
+    for what, a, b in zip(("top", "bottom diff", "weight diff", "bias diff"), batched, looped):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=what)
+
+
+def test_batched_groups_are_the_same_at_any_thread_count():
+    one, _ = _pass((2, 16, 20, 20), 1, 1, 1, batched=True)
+    two, _ = _pass((2, 16, 20, 20), 1, 1, 2, batched=True)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_large_groups_still_go_one_by_one():
+    """AlexNet-sized groups (two of 128 x 1200 weights) keep a product each, where the panels
+    and the swapped products apply."""
+    assert not convolution._batches_groups(2, 128, 1200, 729)
+    assert convolution._batches_groups(96, 1, 9, 3136)
