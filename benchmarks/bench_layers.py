@@ -26,6 +26,9 @@ library's idle worker threads, which spin for a while after a call, take the CPU
 other's next call, followed by untimed calls of the same side for ``--warm`` seconds: the
 timed call then runs as passes do in training or scoring, right after others.
 
+``--nets mobilenet,mobilenet_v2,resnet50`` times further model-zoo nets the same way (their
+BatchNorm statistics calibrated on the input, see ``calibrate_batch_norm``; no targets).
+
 It also measures the machine's float32 GEMM rate (a large square ``numpy.matmul``) and the
 fraction of it that our convolution and inner-product FLOPs achieve per pass (a backward pass
 is counted as twice the forward FLOPs). A report, not a test:
