@@ -298,6 +298,27 @@ def test_eltwise_sum_default():
     check_gradient('type: "Eltwise"', [a, b])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "strided rows", "strided"])
+def test_eltwise_plain_sum_in_blocks_keeps_the_bits(threads, layout, monkeypatch):
+    """Unit coefficients: x0 + x1 + x2 block by block, shared among the threads (rows of a
+    Concat's slot, or one NumPy expression where neither layout allows blocks); the bits of
+    the sum over the whole arrays."""
+    from ristretto_cli import parallel
+    monkeypatch.setattr(parallel, "_threads", threads)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((6, 40, 64, 64)).astype(np.float32) for _ in range(3)]
+    if layout != "contiguous":   # a channel slice (Concat's slot), or a transposed view
+        xs = [x[:, 5:37] if layout == "strided rows" else x.transpose(0, 1, 3, 2) for x in xs]
+    layer, bottoms, tops = setup('type: "Eltwise"', xs)
+    if layout != "contiguous":
+        for blob, x in zip(bottoms, xs):
+            blob.data = x
+    layer.forward(bottoms, tops)
+    expected = xs[0] + xs[1] + xs[2]
+    np.testing.assert_array_equal(tops[0].data.view(np.uint32), expected.view(np.uint32))
+
+
 @pytest.mark.parametrize("stable", ["true", "false"])
 def test_eltwise_prod(stable):
     a, b, c = rand(2, 3, 2), rand(2, 3, 2), rand(2, 3, 2)

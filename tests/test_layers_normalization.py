@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import text_format
 from layer_check import TEST, TRAIN, check_forward, check_gradient, make_layer, setup
 
+from ristretto_cli import parallel
 from ristretto_cli.blob import Blob
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.net import Net
@@ -512,3 +513,60 @@ def test_in_place_writes_through_with_the_separate_tops_bits(name, strided):
     np.testing.assert_array_equal(alias.view(np.uint32), separate[2][0].data.view(np.uint32))
     for a, b in zip(*grads):
         np.testing.assert_array_equal(np.ascontiguousarray(a).view(np.uint32), b.view(np.uint32))
+
+
+BIG = (4, 16, 96, 96)    # 590 K elements: several row blocks, shared among the threads
+
+
+def _run_big(spec, phase, threads, in_place, monkeypatch, bottoms=1):
+    monkeypatch.setattr(parallel, "_threads", threads)
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal(BIG) * 3 + 1).astype(np.float32) for _ in range(bottoms)]
+    layer, b, t = setup(spec, xs, phase=phase, seed=9, in_place=in_place)
+    originals = [x.copy() for x in xs]
+    layer.forward(b, t)
+    y = t[0].data.copy()
+    t[0].diff = rng.standard_normal(BIG).astype(np.float32)
+    dy = t[0].diff.copy()
+    layer.backward(t, [True] * bottoms, b)
+    return originals, y, dy, [bb.diff.copy() for bb in b] + [blob.diff.copy() for blob in layer.blobs], layer
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("name", list(IN_PLACE_SPECS))
+def test_big_blobs_in_blocks_on_threads_keep_the_bits(name, in_place, monkeypatch):
+    """Big blobs go row block by row block, shared among the threads: the same bits at one
+    and two threads, and the forward the same bits as one NumPy expression over the whole
+    blob."""
+    spec, phase = IN_PLACE_SPECS[name]
+    if name == "BatchNorm global":   # 16 channels
+        spec = ('type: "BatchNorm" batch_norm_param { use_global_stats: true } '
+                f'blobs {{ shape {{ dim: 16 }} data: [{", ".join(f"{v:g}" for v in np.linspace(-2, 2, 16))}] }} '
+                f'blobs {{ shape {{ dim: 16 }} data: [{", ".join(f"{v:g}" for v in np.linspace(0.5, 9, 16))}] }} '
+                'blobs { shape { dim: 1 } data: [2] }')
+    runs = [_run_big(spec, phase, threads, in_place, monkeypatch) for threads in (1, 2)]
+    for a, b in zip(runs[0][1:4], runs[1][1:4]):
+        for u, v in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            np.testing.assert_array_equal(_bits(u), _bits(v))
+    (x,), y, _, _, layer = runs[1]
+    x3 = x.reshape(4, 16, -1)
+    if name == "BatchNorm global":
+        mean, var = (np.float32(0.5) * blob.data for blob in layer.blobs[:2])
+        expected = (x3 - mean[:, None]) / np.sqrt(var + np.float32(EPS32))[:, None]
+        np.testing.assert_array_equal(_bits(y.reshape(x3.shape)), _bits(expected))
+    elif name == "Scale and bias":
+        s, bias = (blob.data.reshape(1, 16, 1) for blob in layer.blobs)
+        np.testing.assert_array_equal(_bits(y.reshape(x3.shape)), _bits(x3 * s + bias))
+    elif name == "Bias":
+        np.testing.assert_array_equal(_bits(y.reshape(x3.shape)), _bits(x3 + layer.blobs[0].data.reshape(1, 16, 1)))
+    elif name == "BatchNorm batch":
+        inv_m = np.float32(1.0 / (4 * x3.shape[2]))
+        mean = (x3.sum(axis=2) * inv_m).sum(axis=0)
+        centred = x3 - mean[:, None]
+        var = ((centred * centred).sum(axis=2) * inv_m).sum(axis=0)
+        expected = centred / np.sqrt(var + np.float32(EPS32))[:, None]
+        np.testing.assert_array_equal(_bits(y.reshape(x3.shape)), _bits(expected))

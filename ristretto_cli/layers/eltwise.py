@@ -7,12 +7,19 @@ import numpy as np
 from ristretto_cli.blob import count
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.manipulation import layer_axis, write_top
+from ristretto_cli.layers.neuron import each_block
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
 
 _ELT = caffe_pb2.EltwiseParameter
 _RED = caffe_pb2.ReductionParameter
 _FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _add_all(out: np.ndarray, *xs: np.ndarray) -> None:
+    np.add(xs[0], xs[1], out=out)
+    for x in xs[2:]:
+        out += x
 
 
 @register("Eltwise")
@@ -49,6 +56,14 @@ class EltwiseLayer(Layer):
             y = xs[0] * xs[1]
             for x in xs[2:]:
                 y *= x
+        elif op == _ELT.SUM and top[0] is not bottom[0] and all(c == 1 for c in self._coeffs):
+            # Plain sums (residual nets): x0 + x1 + ... block by block on the threads, the same
+            # additions in the same order as below.
+            y = np.empty_like(xs[0], order="C")
+            if not each_block([y] + xs, _add_all):
+                y = xs[0] + xs[1]
+                for x in xs[2:]:
+                    y += x
         elif op == _ELT.SUM:
             if top[0] is bottom[0]:
                 # Caffe clears the top before adding the bottoms: in place, bottom 0 counts as 0.

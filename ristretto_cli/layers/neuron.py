@@ -106,7 +106,7 @@ BLOCK_ELEMENTS = 1 << 18
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
-def _blocks(n: int, step: int, size: int, work) -> None:
+def run_blocks(n: int, step: int, size: int, work) -> None:
     """``work(i0, i1)`` over blocks of at most ``step`` items covering ``0..n`` (``size``
     elements in all), shared among the threads where that is worth it."""
     parallel.for_even_blocks(n, step, work, size >= 2 * PARALLEL_MIN_ELEMENTS)
@@ -114,7 +114,7 @@ def _blocks(n: int, step: int, size: int, work) -> None:
 
 def _flat_blocks(n: int, work) -> None:
     """``work(i0, i1)`` over cache-sized blocks covering ``0..n``, shared among the threads."""
-    _blocks(n, BLOCK_ELEMENTS, n, work)
+    run_blocks(n, BLOCK_ELEMENTS, n, work)
 
 
 def each_block(arrays, work) -> bool:
@@ -137,7 +137,7 @@ def each_block(arrays, work) -> bool:
             return False
         rows.append(v)
     n, length = rows[0].shape
-    _blocks(n, max(1, BLOCK_ELEMENTS // max(1, length)), n * length,
+    run_blocks(n, max(1, BLOCK_ELEMENTS // max(1, length)), n * length,
             lambda r0, r1: work(*(r[r0:r1] for r in rows)))
     return True
 

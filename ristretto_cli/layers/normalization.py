@@ -8,8 +8,21 @@ from ristretto_cli.blob import Blob, count
 from ristretto_cli.layers.base import TEST, Layer
 from ristretto_cli.layers.im2col import scratch
 from ristretto_cli.layers.manipulation import layer_axis, write_top
+from ristretto_cli.layers.neuron import BLOCK_ELEMENTS, run_blocks
 from ristretto_cli.layers.registry import register
 from ristretto_cli.proto import caffe_pb2
+
+
+def _by_rows(rows: int, length: int, work) -> None:
+    """``work(r0, r1)`` over ranges of ``rows`` rows of ``length`` elements: blocks of about
+    BLOCK_ELEMENTS, each block's passes in the cache, shared among the threads where the
+    array is big enough (every element computed as in one pass over the whole array)."""
+    run_blocks(rows, max(1, BLOCK_ELEMENTS // max(1, length)), rows * length, work)
+
+
+def _per_row(values: np.ndarray, repeats: int) -> np.ndarray:
+    """Per-channel ``values`` as a column for the ``(repeats * channels, length)`` row view."""
+    return np.tile(values, repeats)[:, None]
 
 
 @register("BatchNorm")
@@ -73,24 +86,39 @@ class BatchNormLayer(Layer):
         in_place = top[0] is bottom[0]
         # In place, the results go straight into the bottom's array where ``x`` is a view of it.
         into_x = in_place and bottom[0].data.flags.c_contiguous
+        rows = n * c
+        x2 = x.reshape(rows, s)
+        y2 = x2 if into_x else np.empty((rows, s), dt)
         if self.use_global_stats:
             norm = self.blobs[2].data.reshape(-1)[0]
             factor = dt.type(0) if norm == 0 else dt.type(1) / dt.type(norm)
             mean = factor * self.blobs[0].data.reshape(c).astype(dt)
             var = factor * self.blobs[1].data.reshape(c).astype(dt)
             std = np.sqrt(var + dt.type(p.eps))
-            # Backward needs only std here: y is computed straight into the top, two passes.
-            y = np.subtract(x, mean[:, None], out=x if into_x else None)
-            np.divide(y, std[:, None], out=y)
+            mean_r, std_r = _per_row(mean, n), _per_row(std, n)
+
+            def normalise(r0: int, r1: int) -> None:
+                np.subtract(x2[r0:r1], mean_r[r0:r1], out=y2[r0:r1])
+                np.divide(y2[r0:r1], std_r[r0:r1], out=y2[r0:r1])
+            # Backward needs only std here: y goes straight into the top.
+            _by_rows(rows, s, normalise)
             self._x_norm, self._std = None, std
             if not into_x:
-                write_top(bottom[0], top[0], y.reshape(bottom[0].shape))
+                write_top(bottom[0], top[0], y2.reshape(bottom[0].shape))
             return
         inv_m = dt.type(1.0 / (n * s))
-        mean = (x.sum(axis=2) * inv_m).sum(axis=0)
-        centred = x - mean[:, None]
-        squares = np.multiply(centred, centred, out=scratch("bn_squares", centred.shape, dt))
-        var = ((squares.sum(axis=2) * inv_m).sum(axis=0))
+        row_sums = np.empty(rows, dt)
+        _by_rows(rows, s, lambda r0, r1: np.sum(x2[r0:r1], axis=1, out=row_sums[r0:r1]))
+        mean = (row_sums.reshape(n, c) * inv_m).sum(axis=0)
+        mean_r = _per_row(mean, n)
+        centred = np.empty((rows, s), dt)
+
+        def centre(r0: int, r1: int) -> None:
+            block = np.subtract(x2[r0:r1], mean_r[r0:r1], out=centred[r0:r1])
+            squares = np.multiply(block, block, out=scratch("bn_squares", block.shape, dt))
+            np.sum(squares, axis=1, out=row_sums[r0:r1])
+        _by_rows(rows, s, centre)
+        var = (row_sums.reshape(n, c) * inv_m).sum(axis=0)
         # Running averages, written into the blobs' arrays (the solver and test nets share them).
         frac = self.blobs[0].data.dtype.type(p.moving_average_fraction)
         b0, b1, b2 = (self.blobs[k].data for k in range(3))
@@ -101,38 +129,55 @@ class BatchNormLayer(Layer):
         correction = dt.type(m) / dt.type(m - 1) if m > 1 else dt.type(1)
         b1[...] = (correction * var).reshape(b1.shape) + frac * b1
         std = np.sqrt(var + dt.type(p.eps))
-        y = np.divide(centred, std[:, None], out=centred)
+        std_r = _per_row(std, n)
+
+        def normalise_centred(r0: int, r1: int) -> None:
+            np.divide(centred[r0:r1], std_r[r0:r1], out=centred[r0:r1])
+            np.copyto(y2[r0:r1], centred[r0:r1])
+        _by_rows(rows, s, normalise_centred)
         # Kept for backward apart from the top: a later in-place layer may overwrite the top.
-        self._x_norm = y
+        self._x_norm = centred.reshape(n, c, s)
         self._std = std
-        if into_x:
-            x[...] = y
-        else:
-            write_top(bottom[0], top[0], y.reshape(bottom[0].shape).copy())
+        if not into_x:
+            write_top(bottom[0], top[0], y2.reshape(bottom[0].shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         # The bottom's gradient whenever the net runs this backward, propagate_down or not,
         # as Caffe's layer writes it.
         dy = self._view(top[0].diff)
-        std = self._std[:, None]
+        dt = dy.dtype
+        n, c, s = dy.shape
+        rows = n * c
+        dy2 = dy.reshape(rows, s)
+        # In place, dx goes into the shared gradient (dy's own array), block by block.
+        in_place = top[0] is bottom[0] and top[0].diff.flags.c_contiguous and dy.flags.writeable
+        dx2 = dy2 if in_place else np.empty((rows, s), dt)
+        std_r = _per_row(self._std, n)
         if self.use_global_stats:
-            if top[0] is bottom[0] and top[0].diff.flags.c_contiguous and dy.flags.writeable:
-                np.divide(dy, std, out=dy)      # in place: dy is a view of the bottom's gradient
-                return
-            dx = dy / std
+            _by_rows(rows, s, lambda r0, r1: np.divide(dy2[r0:r1], std_r[r0:r1], out=dx2[r0:r1]))
         else:
-            n, c, s = dy.shape
-            y = self._x_norm
-            dy_y = np.multiply(dy, y, out=scratch("bn_products", dy.shape, dy.dtype))
-            sum_dy_y = dy_y.sum(axis=2).sum(axis=0)
-            sum_dy = dy.sum(axis=2).sum(axis=0)
-            # dx = (dy - (y * sum_dy_y + sum_dy) / m) / std, each step into one array
-            dx = np.multiply(y, sum_dy_y[:, None])
-            dx += sum_dy[:, None]
-            dx *= dy.dtype.type(-1.0 / max(n * s, 1))
-            dx += dy
-            dx /= std
-        bottom[0].diff = dx.reshape(bottom[0].shape)
+            y2 = self._x_norm.reshape(rows, s)
+            dy_y_sums, dy_sums = np.empty(rows, dt), np.empty(rows, dt)
+
+            def sums(r0: int, r1: int) -> None:
+                dy_y = np.multiply(dy2[r0:r1], y2[r0:r1], out=scratch("bn_products", (r1 - r0, s), dt))
+                np.sum(dy_y, axis=1, out=dy_y_sums[r0:r1])
+                np.sum(dy2[r0:r1], axis=1, out=dy_sums[r0:r1])
+            _by_rows(rows, s, sums)
+            sum_dy_y = _per_row(dy_y_sums.reshape(n, c).sum(axis=0), n)
+            sum_dy = _per_row(dy_sums.reshape(n, c).sum(axis=0), n)
+            k = dt.type(-1.0 / max(n * s, 1))
+
+            def gradient(r0: int, r1: int) -> None:
+                # dx = (dy - (y * sum_dy_y + sum_dy) / m) / std
+                t = np.multiply(y2[r0:r1], sum_dy_y[r0:r1], out=scratch("bn_products", (r1 - r0, s), dt))
+                t += sum_dy[r0:r1]
+                t *= k
+                np.add(t, dy2[r0:r1], out=dx2[r0:r1])
+                dx2[r0:r1] /= std_r[r0:r1]
+            _by_rows(rows, s, gradient)
+        if not in_place:
+            bottom[0].diff = dx2.reshape(bottom[0].shape)
 
 
 @register("MVN")
@@ -216,7 +261,8 @@ def _broadcast_dims(layer: Layer, bottom: Blob, operand: np.ndarray, axis: int,
 
 
 def _sum_outer_inner(a: np.ndarray, dims: tuple[int, int, int]) -> np.ndarray:
-    return a.reshape(dims).sum(axis=(0, 2))
+    """Sums over the inner axis, then over the outer one (as the row-block paths do)."""
+    return a.reshape(dims).sum(axis=2).sum(axis=0)
 
 
 @register("Scale")
@@ -261,46 +307,100 @@ class ScaleLayer(Layer):
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
         in_place = top[0] is bottom[0]
-        into_x = in_place and x.flags.c_contiguous   # results straight into the bottom's array
         if in_place:
             # Backward needs the input, about to be overwritten: kept in an array of the layer's
             # own, reused from pass to pass.
             if getattr(self, "_x", None) is None or self._x.shape != x.shape or self._x is x:
                 self._x = np.empty_like(x)
-            np.copyto(self._x, x)
         else:
             self._x = x
         outer, dim, inner = self._dims
-        s = self._factor(bottom).reshape(1, dim, 1).astype(x.dtype, copy=False)
-        xv = x.reshape(self._dims)
-        y = np.multiply(xv, s, out=xv if into_x else None)
+        s = self._factor(bottom).reshape(dim).astype(x.dtype, copy=False)
+        b = None
         if self._bias_index is not None:
-            b = self.blobs[self._bias_index].data
+            b = self.blobs[self._bias_index].data.reshape(-1).astype(x.dtype, copy=False)
+        if x.flags.c_contiguous and (b is None or self._bias_dims == self._dims):
+            # y = x * s (+ b) row by row of the (outer * dim, inner) view, in blocks on the
+            # threads; in place straight into the bottom's array.
+            x2 = x.reshape(outer * dim, inner)
+            y2 = x2 if in_place else np.empty_like(x2)
+            kept = self._x.reshape(x2.shape) if in_place else None
+            s_r = _per_row(s, outer)
+            b_r = None if b is None else _per_row(b, outer)
+
+            def scale(r0: int, r1: int) -> None:
+                if kept is not None:
+                    np.copyto(kept[r0:r1], x2[r0:r1])
+                np.multiply(x2[r0:r1], s_r[r0:r1], out=y2[r0:r1])
+                if b_r is not None:
+                    y2[r0:r1] += b_r[r0:r1]
+            _by_rows(outer * dim, inner, scale)
+            if not in_place:
+                top[0].data = y2.reshape(x.shape)
+            return
+        if in_place:
+            np.copyto(self._x, x)
+        y = x.reshape(self._dims) * s.reshape(1, dim, 1)
+        if b is not None:
             yb = y.reshape(self._bias_dims)
-            np.add(yb, b.reshape(1, b.size, 1).astype(x.dtype, copy=False), out=yb)
-        if not into_x:
-            write_top(bottom[0], top[0], y.reshape(x.shape))
+            yb += b.reshape(1, b.size, 1)
+        write_top(bottom[0], top[0], y.reshape(x.shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff
-        if self._bias_index is not None and self.param_propagate_down[self._bias_index]:
-            self.blobs[self._bias_index].diff += _sum_outer_inner(dy, self._bias_dims).reshape(
-                self.blobs[self._bias_index].shape)
         learned = len(bottom) == 1
-        if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
-            ds = _sum_outer_inner(np.multiply(dy, self._x, out=scratch("scale_products", dy.shape, dy.dtype)),
-                                  self._dims)
-            if learned:
-                self.blobs[0].diff += ds.reshape(self.blobs[0].shape)
-            else:
-                bottom[1].diff = ds.reshape(bottom[1].shape)
-        if propagate_down[0]:
-            outer, dim, inner = self._dims
-            s = self._factor(bottom).reshape(1, dim, 1).astype(dy.dtype, copy=False)
-            if top[0] is bottom[0] and dy.flags.c_contiguous and dy.flags.writeable:
-                np.multiply(dy.reshape(self._dims), s, out=dy.reshape(self._dims))   # in place, as Caffe
-            else:
-                bottom[0].diff = (dy.reshape(self._dims) * s).reshape(bottom[0].shape)
+        need_bias = self._bias_index is not None and self.param_propagate_down[self._bias_index]
+        need_factor = (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1])
+        need_x = bool(propagate_down[0])
+        outer, dim, inner = self._dims
+        s = self._factor(bottom).reshape(dim).astype(dy.dtype, copy=False)
+        if not (dy.flags.c_contiguous and self._x.flags.c_contiguous
+                and (self._bias_index is None or self._bias_dims == self._dims)):
+            self._backward_whole(top, bottom, dy, s, need_bias, need_factor, need_x)
+            return
+        # Row by row of the (outer * dim, inner) view, in blocks on the threads: each row's
+        # sums, then those summed over ``outer`` (as Caffe sums over the inner axis first).
+        rows = outer * dim
+        dy2, x2 = dy.reshape(rows, inner), self._x.reshape(rows, inner)
+        in_place = top[0] is bottom[0] and dy.flags.writeable     # dx into the shared gradient
+        dx2 = (dy2 if in_place else np.empty_like(dy2)) if need_x else None
+        bias_sums = np.empty(rows, dy.dtype) if need_bias else None
+        factor_sums = np.empty(rows, dy.dtype) if need_factor else None
+        s_r = _per_row(s, outer)
+
+        def gradients(r0: int, r1: int) -> None:
+            if bias_sums is not None:
+                np.sum(dy2[r0:r1], axis=1, out=bias_sums[r0:r1])
+            if factor_sums is not None:
+                products = np.multiply(dy2[r0:r1], x2[r0:r1], out=scratch("scale_products", (r1 - r0, inner),
+                                                                          dy.dtype))
+                np.sum(products, axis=1, out=factor_sums[r0:r1])
+            if dx2 is not None:
+                np.multiply(dy2[r0:r1], s_r[r0:r1], out=dx2[r0:r1])
+        _by_rows(rows, inner, gradients)
+        if bias_sums is not None:
+            blob = self.blobs[self._bias_index]
+            blob.diff += bias_sums.reshape(outer, dim).sum(axis=0).reshape(blob.shape)
+        if factor_sums is not None:
+            self._add_factor_gradient(bottom, factor_sums.reshape(outer, dim).sum(axis=0), learned)
+        if dx2 is not None and not in_place:
+            bottom[0].diff = dx2.reshape(bottom[0].shape)
+
+    def _add_factor_gradient(self, bottom, ds: np.ndarray, learned: bool) -> None:
+        if learned:
+            self.blobs[0].diff += ds.reshape(self.blobs[0].shape)
+        else:
+            bottom[1].diff = ds.reshape(bottom[1].shape)
+
+    def _backward_whole(self, top, bottom, dy, s, need_bias, need_factor, need_x) -> None:
+        """The backward over whole arrays, for layouts without a row view."""
+        if need_bias:
+            blob = self.blobs[self._bias_index]
+            blob.diff += _sum_outer_inner(dy, self._bias_dims).reshape(blob.shape)
+        if need_factor:
+            self._add_factor_gradient(bottom, _sum_outer_inner(dy * self._x, self._dims), len(bottom) == 1)
+        if need_x:
+            bottom[0].diff = (dy.reshape(self._dims) * s.reshape(1, -1, 1)).reshape(bottom[0].shape)
 
 
 @register("Bias")
@@ -326,12 +426,19 @@ class BiasLayer(Layer):
 
     def forward_cpu(self, bottom, top):
         x = bottom[0].data
-        b = self._bias(bottom)
-        into_x = top[0] is bottom[0] and x.flags.c_contiguous
-        xv = x.reshape(self._dims)
-        y = np.add(xv, b.reshape(1, b.size, 1).astype(x.dtype, copy=False), out=xv if into_x else None)
-        if not into_x:
-            write_top(bottom[0], top[0], y.reshape(x.shape))
+        b = self._bias(bottom).reshape(-1).astype(x.dtype, copy=False)
+        if x.flags.c_contiguous:
+            # row by row of the (outer * dim, inner) view, in blocks on the threads
+            outer, dim, inner = self._dims
+            x2 = x.reshape(outer * dim, inner)
+            y2 = x2 if top[0] is bottom[0] else np.empty_like(x2)
+            b_r = _per_row(b, outer)
+            _by_rows(outer * dim, inner, lambda r0, r1: np.add(x2[r0:r1], b_r[r0:r1], out=y2[r0:r1]))
+            if top[0] is not bottom[0]:
+                top[0].data = y2.reshape(x.shape)
+            return
+        y = x.reshape(self._dims) + b.reshape(1, b.size, 1)
+        write_top(bottom[0], top[0], y.reshape(x.shape))
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff
