@@ -3,8 +3,9 @@
 same BLAS call for every group, so the forward, the input gradient and the weight gradient
 must keep their bits exactly: checked here against the groups taken one by one, at one and
 two threads, through every path (row blocks of one item, batch chunks, the flipped-kernel
-input gradient of stride 1, the column gradient of stride 2). Their values against direct
-loops and finite differences are in ``tests/test_layers_vision.py`` (depthwise cases)."""
+input gradient of stride 1, whole or in ranges of groups, the column gradient of stride 2).
+Their values against direct loops and finite differences are in
+``tests/test_layers_vision.py`` (depthwise cases)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ DEPTHWISE = [
     ((1, 32, 28, 28), 2, 1),
     ((4, 24, 14, 14), 1, 1),
     ((4, 24, 14, 14), 2, 2),
+    ((1, 40, 56, 56), 1, 1),     # the input gradient's column buffer in ranges of groups
 ]
 
 
@@ -70,3 +72,18 @@ def test_large_groups_still_go_one_by_one():
     and the swapped products apply."""
     assert not convolution._batches_groups(2, 128, 1200, 729)
     assert convolution._batches_groups(96, 1, 9, 3136)
+
+
+def test_big_depthwise_input_gradients_go_in_ranges_of_groups(monkeypatch):
+    """The flipped-kernel column buffer of 40 channels of 56 x 56 (1.1 M values) is built a
+    range of groups at a time, within ROW_BLOCK_ELEMENTS."""
+    sizes = []
+    real = convolution.im2col
+
+    def recording(x, geo, *args, **kw):
+        sizes.append(kw["out"].size if "out" in kw else None)
+        return real(x, geo, *args, **kw)
+    monkeypatch.setattr(convolution, "im2col", recording)
+    _pass((1, 40, 56, 56), 1, 1, 1, batched=True)
+    backward = sizes[-3:]      # after the forward's row blocks
+    assert len(backward) == 3 and all(n <= convolution.ROW_BLOCK_ELEMENTS for n in backward)

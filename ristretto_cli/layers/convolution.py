@@ -350,10 +350,11 @@ class _WeightGradient:
         lhs, rhs = (b, a) if self.transposed else (a, b)
         parallel.matmul(lhs, rhs.T, self.parts[slot, g])
 
-    def add_groups(self, slot: int, a: np.ndarray, b: np.ndarray) -> None:
-        """``add`` for every group at once: ``a`` ``(groups, m, P)``, ``b`` ``(groups, k, P)``."""
+    def add_groups(self, slot: int, a: np.ndarray, b: np.ndarray, first: int = 0) -> None:
+        """``add`` for consecutive groups from ``first`` at once: ``a`` ``(groups, m, P)``,
+        ``b`` ``(groups, k, P)``."""
         lhs, rhs = (b, a) if self.transposed else (a, b)
-        _group_products(lhs, rhs.transpose(0, 2, 1), self.parts[slot], parallel.matmul)
+        _group_products(lhs, rhs.transpose(0, 2, 1), self.parts[slot, first:first + len(a)], parallel.matmul)
 
     def add_items(self, slot: int, g: int, a: np.ndarray, b: np.ndarray) -> None:
         """As ``add`` with ``a`` ``(n, m, P)`` and ``b`` ``(n, k, P)``: the sum over the n
@@ -781,15 +782,23 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if flipped is not None:
                 # dx is the full correlation of dy with the flipped kernels
                 fbi = batch_inner_for(n, geo.image, x.dtype.itemsize)
-                fcol = im2col(dyc.reshape((n, o) + geo.cols), fgeo, fbi,
-                              out=scratch("col", (o * geo.kernel_size, n * geo.image_size), x.dtype))
                 m = n * geo.image_size
-                if dwg is not None:
-                    xt = _cols(xc, fbi, "cols_in")
-                    dwg.add_groups(slot, fcol.reshape(g_, fk, m), xt.reshape(g_, cg, m))
-                res = scratch("gemm", (c, m), x.dtype)
-                _group_products(wf, fcol.reshape(g_, fk, m), res.reshape(g_, cg, m), parallel.matmul)
-                put_dx(n0, n1, from_cols(res, n, geo.image, fbi))
+                xt = _cols(xc, fbi, "cols_in").reshape(g_, cg, m) if dwg is not None else None
+                res = scratch("gemm", (c, m), x.dtype).reshape(g_, cg, m)
+                dy_maps = dyc.reshape((n, o) + geo.cols)
+                # Batched groups (depthwise) a range at a time, so that the range's column
+                # buffer stays in the cache: the same products, group by group.
+                span = g_
+                if _batches_groups(g_, cg, fk, m):
+                    span = max(1, min(g_, ROW_BLOCK_ELEMENTS // max(1, fk * m)))
+                for g0 in range(0, g_, span):
+                    g1 = min(g_, g0 + span)
+                    fcol = im2col(dy_maps[:, g0 * og:g1 * og], fgeo, fbi,
+                                  out=scratch("col", ((g1 - g0) * fk, m), x.dtype)).reshape(g1 - g0, fk, m)
+                    if xt is not None:
+                        dwg.add_groups(slot, fcol, xt[g0:g1], g0)
+                    _group_products(wf[g0:g1], fcol, res[g0:g1], parallel.matmul)
+                put_dx(n0, n1, from_cols(res.reshape(c, m), n, geo.image, fbi))
                 return
             if geo.pointwise:
                 if dwg is not None:   # per item: the inputs are already column buffers
