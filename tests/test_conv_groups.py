@@ -25,6 +25,7 @@ DEPTHWISE = [
     ((4, 24, 14, 14), 1, 1),
     ((4, 24, 14, 14), 2, 2),
     ((1, 40, 56, 56), 1, 1),     # the input gradient's column buffer in ranges of groups
+    ((1, 48, 96, 96), 2, 1),     # the backward's column buffer in ranges of groups
 ]
 
 
@@ -74,9 +75,11 @@ def test_large_groups_still_go_one_by_one():
     assert convolution._batches_groups(96, 1, 9, 3136)
 
 
-def test_big_depthwise_input_gradients_go_in_ranges_of_groups(monkeypatch):
-    """The flipped-kernel column buffer of 40 channels of 56 x 56 (1.1 M values) is built a
-    range of groups at a time, within ROW_BLOCK_ELEMENTS."""
+@pytest.mark.parametrize("shape, stride, ranges", [((1, 40, 56, 56), 1, 3), ((1, 48, 96, 96), 2, 2)])
+def test_big_depthwise_backwards_go_in_ranges_of_groups(shape, stride, ranges, monkeypatch):
+    """The backward's column buffer (of dy under the flipped kernels at stride 1, of x at
+    stride 2; 1.1 M and 1.0 M values) is built a range of groups at a time, within
+    ROW_BLOCK_ELEMENTS."""
     sizes = []
     real = convolution.im2col
 
@@ -84,6 +87,34 @@ def test_big_depthwise_input_gradients_go_in_ranges_of_groups(monkeypatch):
         sizes.append(kw["out"].size if "out" in kw else None)
         return real(x, geo, *args, **kw)
     monkeypatch.setattr(convolution, "im2col", recording)
-    _pass((1, 40, 56, 56), 1, 1, 1, batched=True)
-    backward = sizes[-3:]      # after the forward's row blocks
-    assert len(backward) == 3 and all(n <= convolution.ROW_BLOCK_ELEMENTS for n in backward)
+    _pass(shape, stride, 1, 1, batched=True)
+    backward = sizes[-ranges:]      # after the forward's row blocks
+    assert len(backward) == ranges and all(n <= convolution.ROW_BLOCK_ELEMENTS for n in backward)
+    # every channel's nine rows, over the input's positions (dy's flipped columns) at stride
+    # 1, the output's at stride 2
+    positions = shape[2] * shape[3] if stride == 1 else (shape[2] // 2) * (shape[3] // 2)
+    assert sum(backward) == shape[1] * 9 * positions
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depth_one_column_gradients_keep_the_input_gradients_bits(threads, monkeypatch):
+    """A stride-2 depthwise layer's column gradient (products of depth one) by element-wise
+    multiplication: after col2im the input gradient has the bits of the BLAS's products,
+    zeros included (dy with a ReLU's exact zeros, weights of both signs)."""
+    grads = []
+    for via_blas in (False, True):
+        with pytest.MonkeyPatch.context() as mp:
+            if via_blas:
+                mp.setattr(convolution, "_column_gradient", convolution._group_products)
+            mp.setattr(parallel, "_threads", threads)
+            spec = ('type: "Convolution" convolution_param { num_output: 24 group: 24 kernel_size: 3 '
+                    f'pad: 1 stride: 2 {FILLERS} }}')
+            x = np.random.default_rng(5).standard_normal((3, 24, 30, 30)).astype(np.float32)
+            layer, bottoms, tops = setup(spec, [x])
+            layer.forward(bottoms, tops)
+            dy = np.random.default_rng(6).standard_normal(tops[0].shape).astype(np.float32)
+            tops[0].diff = np.maximum(dy, 0)          # half of dy exactly zero
+            layer.backward(tops, [True], bottoms)
+            grads.append(bottoms[0].diff.copy())
+    assert (grads[0] == 0).any()
+    np.testing.assert_array_equal(grads[0].view(np.uint32), grads[1].view(np.uint32))
