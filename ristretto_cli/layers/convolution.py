@@ -236,15 +236,27 @@ def _group_products(a: np.ndarray, b: np.ndarray, out: np.ndarray, product=_prod
     (the same bits; such products are never split by columns, see ``parallel.matmul``),
     without a Python call per group, which took longer than the product itself."""
     groups, rows, depth = a.shape
-    madds = rows * depth * b.shape[-1]
-    if not _batches_groups(groups, rows, depth, b.shape[-1]):
+    columns = b.shape[-1]
+    if not _batches_groups(groups, rows, depth, columns):
         for g in range(groups):
             product(a[g], b[g], out[g])
         return
 
     def share(g0: int, g1: int) -> None:
         np.matmul(a[g0:g1], b[g0:g1], out=out[g0:g1])
-    parallel.for_ranges(groups, share, min_items=-(-parallel.SPLIT_MIN_FLOPS // max(1, 2 * madds)))
+    parallel.for_ranges(groups, share,
+                        min_items=-(-parallel.SPLIT_MIN_FLOPS // max(1, 2 * rows * depth * columns)))
+
+
+def _group_ranges(groups: int, rows: int, depth: int, columns: int, buffer_rows: int):
+    """``(g0, g1)`` ranges covering the groups, for a backward whose column buffer holds
+    ``buffer_rows`` rows of ``columns`` per group: batched groups (``_batches_groups``) a
+    range at a time, so that the range's buffer stays within ROW_BLOCK_ELEMENTS (in the
+    cache); other layers all at once. Each group's products are the same either way."""
+    span = groups
+    if _batches_groups(groups, rows, depth, columns):
+        span = max(1, min(groups, ROW_BLOCK_ELEMENTS // max(1, buffer_rows * columns)))
+    return [(g0, min(groups, g0 + span)) for g0 in range(0, groups, span)]
 
 
 def _column_gradient(wt: np.ndarray, dy: np.ndarray, col: np.ndarray) -> None:
@@ -798,13 +810,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 xt = _cols(xc, fbi, "cols_in").reshape(g_, cg, m) if dwg is not None else None
                 res = scratch("gemm", (c, m), x.dtype).reshape(g_, cg, m)
                 dy_maps = dyc.reshape((n, o) + geo.cols)
-                # Batched groups (depthwise) a range at a time, so that the range's column
-                # buffer stays in the cache: the same products, group by group.
-                span = g_
-                if _batches_groups(g_, cg, fk, m):
-                    span = max(1, min(g_, ROW_BLOCK_ELEMENTS // max(1, fk * m)))
-                for g0 in range(0, g_, span):
-                    g1 = min(g_, g0 + span)
+                for g0, g1 in _group_ranges(g_, cg, fk, m, fk):
                     fcol = im2col(dy_maps[:, g0 * og:g1 * og], fgeo, fbi,
                                   out=scratch("col", ((g1 - g0) * fk, m), x.dtype)).reshape(g1 - g0, fk, m)
                     if xt is not None:
@@ -825,13 +831,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 return
             m = n * p
             dyt = _cols(dyc, bi, "gemm").reshape(g_, og, m)
-            # Batched groups (depthwise) a range at a time, the range's column buffer in the
-            # cache: the same products, group by group, and col2im channel by channel.
-            span = g_
-            if _batches_groups(g_, og, kg, m):
-                span = max(1, min(g_, ROW_BLOCK_ELEMENTS // max(1, kg * m)))
-            for g0 in range(0, g_, span):
-                g1 = min(g_, g0 + span)
+            for g0, g1 in _group_ranges(g_, og, kg, m, kg):    # col2im channel range by range
                 channels = slice(g0 * cg, g1 * cg)
                 col = scratch("col", (g1 - g0, kg, m), x.dtype)
                 if dwg is not None:

@@ -60,10 +60,8 @@ class EltwiseLayer(Layer):
             # Plain sums (residual nets): x0 + x1 + ... block by block on the threads, the same
             # additions in the same order as below.
             y = np.empty_like(xs[0], order="C")
-            if not each_block([y] + xs, _add_all):
-                y = xs[0] + xs[1]
-                for x in xs[2:]:
-                    y += x
+            if not each_block([y] + xs, _add_all):      # layouts without blocks: all at once
+                _add_all(y, *xs)
         elif op == _ELT.SUM:
             if top[0] is bottom[0]:
                 # Caffe clears the top before adding the bottoms: in place, bottom 0 counts as 0.
