@@ -115,6 +115,43 @@ def _c_int(value: int) -> int:
     return value - (1 << 32) if value > 0x7FFFFFFF else value
 
 
+def _spatial_param(layer: Layer, name: str, values, h, w, has_hw: bool, default: int | None,
+                   nsp: int) -> tuple[int, ...]:
+    """One ConvolutionParameter setting per spatial axis: ``name_h``/``name_w`` (2-D only), or
+    the repeated field given once or once per axis (absent: ``default``, if there is one)."""
+    if has_hw:
+        if nsp != 2:
+            raise layer.error(f"{name}_h & {name}_w can only be used for 2D convolution")
+        if len(values):
+            raise layer.error(f"either {name} or {name}_h/w should be specified; not both")
+        return (int(h), int(w))
+    if len(values) == 0 and default is not None:
+        return (default,) * nsp
+    if len(values) != 1 and len(values) != nsp:
+        field = "kernel_size" if name == "kernel" else name
+        raise layer.error(f"{field} must be specified once, or once per spatial dimension "
+                          f"({field} specified {len(values)} times; {nsp} spatial dims)")
+    return tuple(int(values[0 if len(values) == 1 else i]) for i in range(nsp))
+
+
+def spatial_params(layer: Layer, p, nsp: int) -> tuple[tuple[int, ...], ...]:
+    """``(kernel, stride, pad, dilation)`` per spatial axis from a ConvolutionParameter, with
+    Caffe's checks (kernels and strides positive); shared by Convolution, Deconvolution and
+    Im2col, which read these fields the same way."""
+    kernel = _spatial_param(layer, "kernel", p.kernel_size, p.kernel_h, p.kernel_w,
+                            p.HasField("kernel_h") or p.HasField("kernel_w"), None, nsp)
+    if any(_c_int(k) <= 0 for k in kernel):
+        raise layer.error("filter dimensions must be nonzero")
+    stride = _spatial_param(layer, "stride", p.stride, p.stride_h, p.stride_w,
+                            p.HasField("stride_h") or p.HasField("stride_w"), 1, nsp)
+    if any(_c_int(s) <= 0 for s in stride):
+        raise layer.error("stride dimensions must be nonzero")
+    pad = _spatial_param(layer, "pad", p.pad, p.pad_h, p.pad_w,
+                         p.HasField("pad_h") or p.HasField("pad_w"), 0, nsp)
+    dilation = _spatial_param(layer, "dilation", p.dilation, 0, 0, False, 1, nsp)
+    return kernel, stride, pad, dilation
+
+
 def _swap_pays(rows: int, depth: int, columns: int, dtype) -> bool:
     """Whether the swapped product beats ``_product`` on one thread for this shape by
     SWAP_MAX_TIME_RATIO: both timed on random operands, alternately, the best of SWAP_TIMINGS,
@@ -426,38 +463,13 @@ class BaseConvolutionLayer(Layer):
     reverse = False
 
     # ----------------------------------------------------------------- setup
-    def _spatial_param(self, name, values, h, w, has_hw, default, nsp) -> tuple[int, ...]:
-        if has_hw:
-            if nsp != 2:
-                raise self.error(f"{name}_h & {name}_w can only be used for 2D convolution")
-            if len(values):
-                raise self.error(f"either {name} or {name}_h/w should be specified; not both")
-            return (int(h), int(w))
-        if len(values) == 0 and default is not None:
-            return (default,) * nsp
-        if len(values) != 1 and len(values) != nsp:
-            field = "kernel_size" if name == "kernel" else name
-            raise self.error(f"{field} must be specified once, or once per spatial dimension "
-                             f"({field} specified {len(values)} times; {nsp} spatial dims)")
-        return tuple(int(values[0 if len(values) == 1 else i]) for i in range(nsp))
-
     def layer_setup(self, bottom, top):
         p = self.param.convolution_param
         shape = bottom[0].shape
         self.channel_axis = canonical_axis(p.axis, len(shape), "convolution axis")
         nsp = len(shape) - self.channel_axis - 1
         self.num_spatial_axes = nsp
-        self.kernel = self._spatial_param("kernel", p.kernel_size, p.kernel_h, p.kernel_w,
-                                          p.HasField("kernel_h") or p.HasField("kernel_w"), None, nsp)
-        if any(_c_int(k) <= 0 for k in self.kernel):
-            raise self.error("filter dimensions must be nonzero")
-        self.stride = self._spatial_param("stride", p.stride, p.stride_h, p.stride_w,
-                                          p.HasField("stride_h") or p.HasField("stride_w"), 1, nsp)
-        if any(_c_int(s) <= 0 for s in self.stride):
-            raise self.error("stride dimensions must be nonzero")
-        self.pad = self._spatial_param("pad", p.pad, p.pad_h, p.pad_w,
-                                       p.HasField("pad_h") or p.HasField("pad_w"), 0, nsp)
-        self.dilation = self._spatial_param("dilation", p.dilation, 0, 0, False, 1, nsp)
+        self.kernel, self.stride, self.pad, self.dilation = spatial_params(self, p, nsp)
         self.channels = int(shape[self.channel_axis])
         self.num_output = _c_int(p.num_output)
         if self.num_output <= 0:
