@@ -136,6 +136,18 @@ class LSTMUnitLayer(Layer):
 
 
 # --------------------------------------------------------------------------- RNN, LSTM
+def recurrent_sum(h_prev, cont_t, w_rec, pre_t, static, h_conted_t) -> np.ndarray:
+    """One step's pre-activation ``W_rec (cont_t h_{t-1}) + pre_t [+ static]``, summed in the
+    order of Caffe's unrolled net; the cont-scaled state is kept in ``h_conted_t`` for the
+    recurrent weight's gradient."""
+    np.multiply(h_prev, cont_t[:, None], out=h_conted_t)
+    total = h_conted_t @ w_rec.T
+    total += pre_t
+    if static is not None:
+        total += static
+    return total
+
+
 class RecurrentLayer(Layer):
     """What RNN and LSTM share: bottoms, shape checks, the input transforms of ``x`` and the
     static input, the hidden states carried from one forward to the next."""
@@ -341,12 +353,7 @@ class RNNLayer(RecurrentLayer):
         self._h_conted = h_conted = np.empty_like(pre)
         (h_prev,) = states
         for t in range(steps):
-            np.multiply(h_prev, cont[t][:, None], out=h_conted[t])
-            step = h_conted[t] @ w_hh.T
-            step += pre[t]
-            if static is not None:
-                step += static
-            _in_double(np.tanh, step, h[t])
+            _in_double(np.tanh, recurrent_sum(h_prev, cont[t], w_hh, pre[t], static, h_conted[t]), h[t])
             h_prev = h[t]
         # The output transform of every step as one GEMM, then its tanh.
         y = out.reshape(steps * streams, hidden)
@@ -403,11 +410,7 @@ class LSTMLayer(RecurrentLayer):
         self._tanh_c = tanh_c = np.empty_like(out)
         c[0] = c0
         for t in range(steps):
-            np.multiply(h_prev, cont[t][:, None], out=h_conted[t])
-            gates = h_conted[t] @ w_hc.T
-            gates += pre[t]
-            if static is not None:
-                gates += static
+            gates = recurrent_sum(h_prev, cont[t], w_hc, pre[t], static, h_conted[t])
             lstm_activations(gates, cont[t], acts[t])
             lstm_cell(c[t], acts[t], c[t + 1], tanh_c[t], out[t])
             h_prev = out[t]
