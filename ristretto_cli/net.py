@@ -185,6 +185,12 @@ class Net:
         self._analyse_backward(say)
         self._fused_relus = self._find_fused_relus()
         self._gated_relus = self._find_gated_relus()
+        #: Functions of a layer index run around each layer's forward and backward, as Caffe's
+        #: Net callbacks (``before_forward``, ``after_forward``, ``before_backward``,
+        #: ``after_backward``). While any is set, no ReLU runs inside its neighbour, so each
+        #: layer's pass is seen on its own.
+        self.callbacks: dict[str, list] = {k: [] for k in (
+            "before_forward", "after_forward", "before_backward", "after_backward")}
         self._alias_concat_bottoms()
         if self.force_backward:
             for i, layer in enumerate(self.layers):
@@ -376,13 +382,16 @@ class Net:
         A fused ReLU runs inside the layer before it when both are in the range."""
         end = len(self.layers) - 1 if end is None else end
         loss = np.float32(0)
-        fused = self._fused_relus
+        before, after = self.callbacks["before_forward"], self.callbacks["after_forward"]
+        fused = self._fused_relus if not (before or after) else ()
         applied = False                         # the layer before applied this one's ReLU
         with parallel.blas_single_threaded():   # the engine's threads share the work
             for i in range(start, end + 1):
                 if applied:
                     applied = False
                     continue
+                for run in before:
+                    run(i)
                 layer = self.layers[i]
                 layer.rectify_top = i + 1 in fused and i + 1 <= end
                 layer.rectified_top = False
@@ -391,6 +400,8 @@ class Net:
                 finally:
                     layer.rectify_top = False
                 applied = layer.rectified_top
+                for run in after:
+                    run(i)
         return loss
 
     def backward(self, start: int | None = None, end: int = 0) -> None:
@@ -398,24 +409,34 @@ class Net:
         ReLU's backward runs inside the layer that reads its blob when both are in the range
         and both pass a gradient to that blob."""
         start = len(self.layers) - 1 if start is None else start
+        before, after = self.callbacks["before_backward"], self.callbacks["after_backward"]
+        gated = self._gated_relus if not (before or after) else {}
         done = set()                            # ReLUs whose backward a later layer ran
         with parallel.blas_single_threaded():
             for i in range(start, end - 1, -1):
-                if not self.layer_need_backward[i] or i in done:
-                    continue
-                layer, need = self.layers[i], self.bottom_need_backward[i]
-                pairs = [(j, r) for j, r in self._gated_relus.get(i, ())
-                         if r >= end and need[j] and self.layer_need_backward[r]
-                         and self.bottom_need_backward[r][0]]
-                flags = {j for j, _ in pairs}
-                layer.gate_bottoms = tuple(j in flags for j in range(len(need))) if pairs else ()
-                layer.gated_bottoms = False
-                try:
-                    layer.backward(self.top_vecs[i], need, self.bottom_vecs[i])
-                finally:
-                    layer.gate_bottoms = ()
-                if pairs and layer.gated_bottoms:
-                    done.update(r for _, r in pairs)
+                for run in before:              # every layer, as Caffe's BackwardFromTo
+                    run(i)
+                if self.layer_need_backward[i] and i not in done:
+                    self._backward_layer(i, end, gated, done)
+                for run in after:
+                    run(i)
+
+    def _backward_layer(self, i: int, end: int, gated: dict, done: set) -> None:
+        """Layer ``i``'s backward, with the backward of the ReLUs in ``gated`` that read its
+        bottoms (added to ``done``) where both are in the range."""
+        layer, need = self.layers[i], self.bottom_need_backward[i]
+        pairs = [(j, r) for j, r in gated.get(i, ())
+                 if r >= end and need[j] and self.layer_need_backward[r]
+                 and self.bottom_need_backward[r][0]]
+        flags = {j for j, _ in pairs}
+        layer.gate_bottoms = tuple(j in flags for j in range(len(need))) if pairs else ()
+        layer.gated_bottoms = False
+        try:
+            layer.backward(self.top_vecs[i], need, self.bottom_vecs[i])
+        finally:
+            layer.gate_bottoms = ()
+        if pairs and layer.gated_bottoms:
+            done.update(r for _, r in pairs)
 
     def forward_backward(self) -> np.float32:
         loss = self.forward()

@@ -9,8 +9,10 @@
 Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
 ``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, ``Detector``, the solvers
 (``get_solver``, ``SGDSolver``, ...), net specifications (``NetSpec``, ``layers``,
-``params``, ``to_proto``) and Caffe 1.0's other module names (``init_log``, ``log``,
-``Timer``, ``__version__``, the NCCL stand-ins of a build without NCCL).
+``params``, ``to_proto``, ``coord_map.crop``) and Caffe 1.0's other module names
+(``init_log``, ``log``, ``Timer``, ``__version__``, the NCCL stand-ins of a build without
+NCCL). The submodules also import by name: ``from ristretto_cli.pycaffe.proto import
+caffe_pb2`` for ``from caffe.proto import caffe_pb2``.
 
 Beyond pycaffe: ``semantics='caffe-cpu'`` selects the compatibility rules of the Ristretto
 number formats (see docs), and ``seed=`` seeds every random draw of the net.
@@ -22,6 +24,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -29,6 +32,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ristretto_cli import proto
+from ristretto_cli import pycaffe_coordmap as coord_map
 from ristretto_cli import pycaffe_io as io
 from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import BlobView as PyBlob
@@ -44,9 +48,18 @@ from ristretto_cli.layers import LAYER_TYPES
 from ristretto_cli.net import Net as _EngineNet
 from ristretto_cli.proto import caffe_pb2
 from ristretto_cli.pycaffe_netspec import NetSpec, layers, params, to_proto
+from ristretto_cli.solver.lr_policy import learning_rate
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+
+# pycaffe's submodules under their dotted names too, so that ``from caffe.proto import
+# caffe_pb2`` becomes ``from ristretto_cli.pycaffe.proto import caffe_pb2`` (and the same for
+# ``io``, ``net_spec`` and ``coord_map``), as ``os.path`` is registered.
+for _name, _module in (("io", io), ("net_spec", net_spec), ("coord_map", coord_map),
+                       ("proto", proto), ("proto.caffe_pb2", caffe_pb2)):
+    sys.modules.setdefault(f"{__name__}.{_name}", _module)
+del _name, _module
 
 #: Caffe 1.0's CAFFE_VERSION.
 __version__ = "1.0.0"
@@ -493,6 +506,20 @@ class Net:
     def clear_param_diffs(self) -> None:
         self._net.clear_param_diffs()
 
+    # Caffe's Net callbacks: ``run(layer_index)`` around every layer's forward or backward
+    # pass, the solver's passes included; a net never forgets them.
+    def before_forward(self, run) -> None:
+        self._net.callbacks["before_forward"].append(run)
+
+    def after_forward(self, run) -> None:
+        self._net.callbacks["after_forward"].append(run)
+
+    def before_backward(self, run) -> None:
+        self._net.callbacks["before_backward"].append(run)
+
+    def after_backward(self, run) -> None:
+        self._net.callbacks["after_backward"].append(run)
+
     def set_input_arrays(self, data, labels) -> None:
         """Feed the net's first layer, which must be a MemoryData layer, with ``data`` (N x C
         x H x W) and ``labels`` (N values)."""
@@ -660,10 +687,23 @@ class Detector(Net):
                                    "filename": name})
         return detections
 
+    def detect_selective_search(self, image_fnames) -> list[dict]:
+        """``detect_windows`` over the windows that selective search proposes for each image
+        file, from the separate ``selective_search_ijcv_with_python`` package (which runs
+        MATLAB), called with absolute paths as pycaffe does."""
+        try:
+            import selective_search_ijcv_with_python as selective_search
+        except ImportError as exc:
+            raise ImportError("detect_selective_search needs the selective_search_ijcv_with_python "
+                              "package (and MATLAB); give windows to detect_windows instead") from exc
+        image_fnames = [os.path.abspath(f) for f in image_fnames]
+        windows = selective_search.get_windows(image_fnames, cmd="selective_search_rcnn")
+        return self.detect_windows(zip(image_fnames, windows))
+
 
 # ----------------------------------------------------------------------------- solvers
 class Solver:
-    """pycaffe's Solver: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``,
+    """pycaffe's Solver: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``, ``lr``,
     ``step(n)``, ``solve()``, ``restore(path)``, ``snapshot()``, ``apply_update()``,
     ``share_weights(net)``, ``add_callback(on_start, on_gradients_ready)``. Logs as
     ``caffe train`` does; no progress bar."""
@@ -692,6 +732,15 @@ class Solver:
     @property
     def param(self) -> caffe_pb2.SolverParameter:
         return self._solver.param
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next update uses (the policy at ``iter``), as pycaffe's
+        ``SGDSolver.lr``; like Caffe's GetLearningRate it moves a ``multistep`` policy to its
+        next step once ``iter`` reaches it."""
+        rate, self._solver.current_step = learning_rate(self._solver.param, self._solver.iter,
+                                                        self._solver.current_step)
+        return float(rate)
 
     @property
     def engine(self):
@@ -732,18 +781,19 @@ class Solver:
         net.engine.share_trained_layers_with(self._solver.net)
 
 
-def _solver_class(kind: str) -> type[Solver]:
+def _solver_class(kind: str, base: type[Solver] = Solver) -> type[Solver]:
     """pycaffe's solver class of one update rule."""
     doc = f"pycaffe's ``{kind}Solver``: the {kind} update rule, whatever the file's ``type`` says."
-    return type(f"{kind}Solver", (Solver,), {"solver_type": kind, "__doc__": doc})
+    return type(f"{kind}Solver", (base,), {"solver_type": kind, "__doc__": doc})
 
 
+# As in pycaffe, the other update rules are subclasses of SGDSolver.
 SGDSolver = _solver_class("SGD")
-NesterovSolver = _solver_class("Nesterov")
-AdaGradSolver = _solver_class("AdaGrad")
-RMSPropSolver = _solver_class("RMSProp")
-AdaDeltaSolver = _solver_class("AdaDelta")
-AdamSolver = _solver_class("Adam")
+NesterovSolver = _solver_class("Nesterov", SGDSolver)
+AdaGradSolver = _solver_class("AdaGrad", SGDSolver)
+RMSPropSolver = _solver_class("RMSProp", SGDSolver)
+AdaDeltaSolver = _solver_class("AdaDelta", SGDSolver)
+AdamSolver = _solver_class("Adam", SGDSolver)
 
 
 def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
@@ -753,7 +803,7 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "NCCL",
            "Net", "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
-           "Timer", "get_solver", "has_nccl", "init_log", "io", "layer_type_list", "layers", "log",
-           "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
+           "Timer", "coord_map", "get_solver", "has_nccl", "init_log", "io", "layer_type_list",
+           "layers", "log", "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
            "set_multiprocess", "set_random_seed", "set_solver_count", "set_solver_rank",
            "solver_count", "solver_rank", "to_proto"]

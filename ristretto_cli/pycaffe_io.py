@@ -254,7 +254,8 @@ class Transformer:
 
     def set_mean(self, in_, mean) -> None:
         """Subtracted after the raw scale: one value per channel, or a ``(K, H, W)`` (or
-        ``(H, W)``) array of the input's size."""
+        ``(H, W)``) array; one of another height and width (the 256 x 256 ImageNet mean for
+        a 227 x 227 input) is resized to the input's, bilinearly, as pycaffe does."""
         shape = self._check_input(in_)
         mean = np.asarray(mean)
         if mean.ndim == 1:
@@ -266,9 +267,11 @@ class Transformer:
             if len(ms) != 3:
                 raise ValueError(f"mean of shape {mean.shape}: give one value per channel or a "
                                  f"(channels, height, width) array")
-            if ms != shape[1:]:
-                raise ValueError(f"mean of shape {mean.shape} does not fit input {in_} of shape "
-                                 f"{shape[1:]}; give one value per channel, e.g. mean.mean(1).mean(1)")
+            if ms[0] != shape[1]:
+                raise ValueError(f"mean of shape {mean.shape} has {ms[0]} channels, input {in_} "
+                                 f"has {shape[1]}")
+            if ms[1:] != shape[2:]:
+                mean = resize_image(mean.reshape(ms).transpose(1, 2, 0), shape[2:]).transpose(2, 0, 1)
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale) -> None:

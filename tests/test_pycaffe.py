@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import cv2
 import numpy as np
 import pytest
@@ -242,6 +245,34 @@ def test_detector_context_crops_by_hand():
     np.testing.assert_array_equal(crop[4:, 4:], caffe.io.resize_image(im[0:20, 0:20], (28, 28)))
     plain = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS)
     np.testing.assert_array_equal(plain.crop(im, (2, 3, 10, 12)), im[2:10, 3:12])
+
+
+def test_detector_selective_search_asks_the_proposal_package(tmp_path, monkeypatch):
+    """pycaffe's Detector.detect_selective_search (detector.py) gets windows from the
+    selective_search_ijcv_with_python package (``get_windows(absolute paths,
+    cmd='selective_search_rcnn')``) and gives them to detect_windows; without the package,
+    an ImportError."""
+    image = sorted(test_data("images/foolbox_cifar10").glob("*.png"))[0]
+    det = caffe.Detector(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=CIFAR_MEAN_RGB, raw_scale=255)
+    with pytest.raises(ImportError, match="selective_search_ijcv_with_python"):
+        det.detect_selective_search([str(image)])
+    calls = []
+    windows = [np.array([[0, 0, 32, 32], [4, 4, 20, 28]])]
+
+    def get_windows(image_fnames, cmd):
+        calls.append((image_fnames, cmd))
+        return windows
+
+    monkeypatch.setitem(sys.modules, "selective_search_ijcv_with_python",
+                        types.SimpleNamespace(get_windows=get_windows))
+    monkeypatch.chdir(image.parent)
+    found = det.detect_selective_search([image.name])
+    assert calls == [([str(image)], "selective_search_rcnn")]
+    want = det.detect_windows([(str(image), windows[0])])
+    assert [d["filename"] for d in found] == [str(image)] * 2
+    for mine, theirs in zip(found, want):
+        np.testing.assert_array_equal(mine["window"], theirs["window"])
+        np.testing.assert_array_equal(mine["prediction"], theirs["prediction"])
 
 
 # ----------------------------------------------------------------------------- lower-level surface

@@ -174,12 +174,36 @@ def test_transformer_rejects_what_does_not_fit():
         t.set_transpose("data", (1, 0))
     with pytest.raises(ValueError, match="4 channels"):
         t.set_mean("data", np.zeros(4))
-    with pytest.raises(ValueError, match="does not fit"):
-        t.set_mean("data", np.zeros((3, 256, 256)))
+    with pytest.raises(ValueError, match="has 4 channels, input data has 3"):
+        t.set_mean("data", np.zeros((4, 8, 8)))
+    with pytest.raises(ValueError, match="one value per channel"):
+        t.set_mean("data", np.zeros((1, 3, 8, 8)))
     t.set_transpose("data", (2, 0, 1))
     t.set_mean("data", np.ones((3, 8, 8)))       # elementwise, of the input's size
     out = t.preprocess("data", np.ones((8, 8, 3), np.float32))
     assert (out == 0).all() and out.shape == (3, 8, 8)
+
+
+def test_set_mean_resizes_a_mean_of_another_size():
+    """pycaffe's Transformer.set_mean (io.py) resizes an elementwise mean whose height and
+    width differ from the input's (classify.py gives the 256 x 256 ImageNet mean to a
+    227 x 227 CaffeNet): bilinearly, so a mean constant per channel stays that constant."""
+    t = caffe.io.Transformer({"data": (1, 3, 8, 8)})
+    ramp = np.arange(3 * 16 * 16, dtype=np.float64).reshape(3, 16, 16)
+    t.set_mean("data", ramp)
+    want = caffe.io.resize_image(ramp.transpose(1, 2, 0), (8, 8)).transpose(2, 0, 1)
+    np.testing.assert_allclose(t.mean["data"], want, rtol=1e-6)
+    assert t.mean["data"].shape == (3, 8, 8)
+    gray = caffe.io.Transformer({"data": (1, 1, 8, 8)})
+    gray.set_mean("data", np.full((16, 16), 5.0))       # (H, W): one channel
+    assert gray.mean["data"].shape == (1, 8, 8) and (gray.mean["data"] == 5.0).all()
+    # a per-channel-constant mean of another size classifies as the per-channel mean does
+    image_mean = np.broadcast_to(CIFAR_MEAN_RGB[:, None, None], (3, 40, 40))
+    images = [caffe.io.load_image(p) for p in CIFAR[:4]]
+    full = caffe.Classifier(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=image_mean, raw_scale=255)
+    channel = caffe.Classifier(CIFAR_DEPLOY, CIFAR_WEIGHTS, mean=CIFAR_MEAN_RGB, raw_scale=255)
+    np.testing.assert_allclose(full.predict(images, oversample=False),
+                               channel.predict(images, oversample=False), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- protos

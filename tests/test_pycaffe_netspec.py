@@ -113,3 +113,67 @@ def test_params_and_bad_calls():
         assert P.NoSuch is None
     with pytest.raises(TypeError, match="Convolution: bottom 0"):
         L.Convolution("data", num_output=1)
+
+
+# ----------------------------------------------------------------------------- coord_map
+def conv_pool_deconv(ks=3, pad=0, pool=2, dstride=2, dpad=0) -> NetSpec:
+    """Input 100 x 100 -> Convolution -> MAX Pooling -> Deconvolution (kernel 2 x stride)."""
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 100, 100]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=ks, pad=pad,
+                           weight_filler=dict(type="xavier"))
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=pool, stride=pool)
+    n.deconv = L.Deconvolution(n.pool, convolution_param=dict(
+        num_output=2, kernel_size=2 * dstride, stride=dstride, pad=dpad, weight_filler=dict(type="xavier")))
+    return n
+
+
+def as_lists(coord_map) -> tuple:
+    axis, scale, shift = coord_map
+    return axis, np.ravel(scale).tolist(), np.ravel(shift).tolist()
+
+
+def test_coord_map_through_conv_pool_deconv_and_crop():
+    """pycaffe's coord_map.py: ``(axis, scale, shift)`` per layer (Convolution: 1/stride,
+    (pad - (k - 1)/2)/stride; Deconvolution: stride, (k - 1)/2 - pad; ReLU: identity;
+    Crop: -offset), composed along the path; the cases of pycaffe's test_coord_map.py."""
+    from ristretto_cli.pycaffe.coord_map import coord_map_from_to
+
+    n = conv_pool_deconv()
+    assert as_lists(coord_map_from_to(n.deconv, n.data)) == (1, [1], [0])      # 2x down, 2x up
+    n = conv_pool_deconv(pool=4, dstride=4)
+    assert as_lists(coord_map_from_to(n.deconv, n.data)) == (1, [1], [-1])
+    n = conv_pool_deconv(pad=3, dpad=1)              # conv padding shifts by -3, deconv's by +1
+    assert as_lists(coord_map_from_to(n.deconv, n.data)) == (1, [1], [-2])
+    n = conv_pool_deconv(ks=[3, 5])                  # one value per spatial axis
+    assert as_lists(coord_map_from_to(n.deconv, n.data)) == (1, [1], [0, 1])
+    n.relu = L.ReLU(n.deconv)
+    n.crop = L.Crop(n.relu, n.data, axis=2, offset=4)
+    assert as_lists(coord_map_from_to(n.relu, n.data)) == (1, [1], [0, 1])
+    assert as_lists(coord_map_from_to(n.crop, n.data)) == (1, [1], [4, 5])
+    n.ip = L.InnerProduct(n.deconv, num_output=2)
+    with pytest.raises(RuntimeError, match="connected by spatial layers"):
+        coord_map_from_to(n.ip, n.data)
+
+
+def test_coord_map_crop_aligns_a_net_that_runs(tmp_path):
+    """``crop(top_from, top_to)`` is a Crop layer with the offset the map gives; the net
+    runs and the cropped top has the reference's size. Unequal scales or an offset past the
+    reference: AssertionError, as pycaffe asserts."""
+    n = conv_pool_deconv(ks=3, pad=2)                # 102 -> 51 -> 104: 2 rows more each side
+    n.score = caffe.coord_map.crop(n.deconv, n.data)
+    layer = n.to_proto().layer[-1]
+    assert layer.type == "Crop" and list(layer.bottom) == ["deconv", "data"]
+    assert layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [2]
+    path = tmp_path / "crop.prototxt"
+    path.write_text(str(n.to_proto()))
+    net = caffe.Net(str(path), caffe.TEST, seed=0)
+    net.forward()
+    assert net.blobs["deconv"].data.shape == (1, 2, 104, 104)
+    assert net.blobs["score"].data.shape == (1, 2, 100, 100)
+    np.testing.assert_array_equal(net.blobs["score"].data, net.blobs["deconv"].data[:, :, 2:102, 2:102])
+    with pytest.raises(AssertionError, match="cannot crop negative offset"):
+        caffe.coord_map.crop(n.data, n.deconv)
+    odd = conv_pool_deconv(pool=3, dstride=2)
+    with pytest.raises(AssertionError, match="scale mismatch"):
+        caffe.coord_map.crop(odd.deconv, odd.data)

@@ -209,6 +209,48 @@ def test_layer_setup_and_reshape_of_a_net_layer():
     np.testing.assert_array_equal(net.params["conv1"][0].data, weights)
 
 
+# ----------------------------------------------------------------------------- net callbacks
+def test_net_callbacks_run_around_every_layer_and_change_no_value(tmp_path):
+    """Caffe's Net::ForwardFromTo and BackwardFromTo: ``run(i)`` before and after layer i's
+    forward, and before and after its backward for every layer of the range (whether it
+    needs a backward or not), in order. Each layer's pass is seen alone: after ``ip1``'s
+    forward its in-place ReLU has not run yet. The outputs and gradients are the same bits
+    as without callbacks."""
+    model = tmp_path / "lenet.prototxt"
+    model.write_text("force_backward: true\n" + open(DEPLOY).read())
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    grad = np.random.default_rng(1).standard_normal((64, 10)).astype(np.float32)
+    plain = caffe.Net(str(model), WEIGHTS, caffe.TEST)
+    want_prob = plain.forward(data=x)["prob"].copy()
+    want_dx = plain.backward(prob=grad)["data"].copy()
+
+    net = caffe.Net(str(model), WEIGHTS, caffe.TEST)
+    events, ip1_after = [], []
+    ip1 = list(net._layer_names).index("ip1")
+    net.before_forward(lambda i: events.append(("before_forward", i)))
+    net.after_forward(lambda i: events.append(("after_forward", i)))
+    net.after_forward(lambda i: ip1_after.append(net.blobs["ip1"].data.copy()) if i == ip1 else None)
+    net.before_backward(lambda i: events.append(("before_backward", i)))
+    net.after_backward(lambda i: events.append(("after_backward", i)))
+    prob = net.forward(data=x)["prob"]
+    dx = net.backward(prob=grad)["data"]
+    n = len(net.layers)
+    assert events == ([(k, i) for i in range(n) for k in ("before_forward", "after_forward")]
+                      + [(k, i) for i in reversed(range(n)) for k in ("before_backward", "after_backward")])
+    assert (ip1_after[0] < 0).any() and (net.blobs["ip1"].data >= 0).all()
+    np.testing.assert_array_equal(prob, want_prob)
+    np.testing.assert_array_equal(dx, want_dx)
+
+
+def test_net_callbacks_run_in_the_solvers_passes(tmp_path):
+    solver = _tiny_solver(tmp_path)
+    layers = []
+    solver.net.before_forward(layers.append)
+    solver.step(2)
+    n = len(solver.net.layers)
+    assert layers == list(range(n)) * 2
+
+
 # ----------------------------------------------------------------------------- solver callbacks
 def _tiny_solver(tmp_path, iter_size=1):
     param = solver_param(f'type: "SGD" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 iter_size: {iter_size} '
@@ -287,3 +329,49 @@ def test_net_spec_top_and_function_attributes():
     conv.fn.params["num_output"] = 8
     assert conv.to_proto().layer[-1].convolution_param.num_output == 8
     assert caffe.net_spec.Function is type(conv.fn)
+
+
+# ----------------------------------------------------------------------------- submodules
+def test_submodules_import_by_their_dotted_names():
+    """pycaffe is a package (python/caffe/: proto/caffe_pb2.py, io.py, net_spec.py,
+    coord_map.py): scripts write ``from caffe.proto import caffe_pb2``, which becomes
+    ``from ristretto_cli.pycaffe.proto import caffe_pb2`` and gives the same modules as
+    the attributes."""
+    import ristretto_cli.pycaffe.proto.caffe_pb2 as dotted_pb2
+    from ristretto_cli.pycaffe.coord_map import crop
+    from ristretto_cli.pycaffe.io import Transformer
+    from ristretto_cli.pycaffe.net_spec import NetSpec
+    from ristretto_cli.pycaffe.proto import caffe_pb2
+
+    assert caffe_pb2 is dotted_pb2 is caffe.proto.caffe_pb2
+    assert Transformer is caffe.io.Transformer and NetSpec is caffe.NetSpec
+    assert crop is caffe.coord_map.crop
+    assert caffe_pb2.SolverParameter().type == "SGD"
+
+
+# ----------------------------------------------------------------------------- solver rate
+def test_solver_lr_is_the_policys_rate_and_follows_param_edits(tmp_path):
+    """pycaffe's ``SGDSolver.lr`` is SGDSolver::GetLearningRate at the current iteration
+    (sgd_solver.cpp), and ``solver.param`` is the solver's own parameter: setting
+    ``base_lr`` there changes the next updates. The other update rules are subclasses of
+    SGDSolver (_caffe.cpp)."""
+    param = solver_param('type: "SGD" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 '
+                         f'max_iter: 10 snapshot_after_train: false snapshot_prefix: "{tmp_path}/snap"')
+    path = tmp_path / "solver.prototxt"
+    path.write_text(format_message(param))
+    solver = caffe.SGDSolver(str(path))
+    solver.net.blobs["x"].data[...] = X
+    solver.net.blobs["t"].data[...] = T
+    assert isinstance(solver.lr, float) and solver.lr == pytest.approx(0.05)
+    solver.step(3)                                      # iteration 3: 0.05 * 0.5 ** (3 // 2)
+    assert solver.lr == pytest.approx(0.025)
+    solver.param.base_lr = 0.2
+    assert solver.lr == pytest.approx(0.1)
+    weights = solver.net.params["ip"][0].data.copy()
+    solver.net.clear_param_diffs()
+    solver.net.params["ip"][0].diff[...] = 1.0
+    solver.apply_update()                               # plain SGD, no momentum or decay
+    np.testing.assert_allclose(solver.net.params["ip"][0].data, weights - 0.1, rtol=1e-6)
+    for kind in (caffe.NesterovSolver, caffe.AdaGradSolver, caffe.RMSPropSolver,
+                 caffe.AdaDeltaSolver, caffe.AdamSolver):
+        assert issubclass(kind, caffe.SGDSolver)
