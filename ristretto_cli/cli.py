@@ -259,6 +259,74 @@ def compute_image_mean_command(db_path, output, backend):
     compute_image_mean(db_path, output, backend)
 
 
+@cli.command("convert_cifar_data")
+@click.argument("input_folder")
+@click.argument("output_folder")
+@click.argument("db_type", metavar="DB_TYPE")
+def convert_cifar_data_command(input_folder, output_folder, db_type):
+    """Convert the CIFAR-10 binary batches (data_batch_1..5.bin, test_batch.bin) to
+    OUTPUT_FOLDER/cifar10_train_DB_TYPE and cifar10_test_DB_TYPE (DB_TYPE: lmdb or leveldb)."""
+    from ristretto_cli.data.cifar import convert_cifar_data
+    convert_cifar_data(input_folder, output_folder, db_type)
+
+
+@cli.command("convert_mnist_siamese_data", cls=_GflagsCommand)
+@click.argument("image_file")
+@click.argument("label_file")
+@click.argument("db_path", metavar="OUTPUT_DB")
+@_option("backend", default="leveldb", type=click.Choice(["leveldb", "lmdb"], case_sensitive=False),
+         show_default=True, help="the DB kind to write")
+@_option("seed", default=1701, type=int, show_default=True, help="seed of the random pairs")
+def convert_mnist_siamese_data_command(image_file, label_file, db_path, backend, seed):
+    """Convert MNIST IDX files to a DB of random image pairs (2-channel Datums, label 1 when
+    both images are of the same digit), as Caffe's siamese example tool."""
+    from ristretto_cli.data.siamese import convert_mnist_siamese_data
+    convert_mnist_siamese_data(image_file, label_file, db_path, backend, seed=seed)
+
+
+@cli.command("extract_features", context_settings={"ignore_unknown_options": True})
+@click.argument("weights", metavar="PRETRAINED_WEIGHTS")
+@click.argument("model", metavar="NET_PROTOTXT")
+@click.argument("blob_names", metavar="BLOB_NAMES")
+@click.argument("db_names", metavar="DB_NAMES")
+@click.argument("num_mini_batches", metavar="NUM_MINI_BATCHES")
+@click.argument("db_type", metavar="DB_TYPE")
+@click.argument("mode", metavar="[CPU|GPU]", required=False, default="CPU")
+@click.argument("device_id", metavar="[DEVICE_ID]", required=False)
+def extract_features_command(weights, model, blob_names, db_names, num_mini_batches, db_type, mode,
+                             device_id):
+    """Store blob values of NUM_MINI_BATCHES TEST-phase forward passes as Datums, one DB per
+    blob (BLOB_NAMES and DB_NAMES: comma-separated, equal length). GPU runs on the CPU."""
+    from ristretto_cli.data.features import extract_features
+    extract_features(weights, model, blob_names, db_names, num_mini_batches, db_type, mode, device_id)
+
+
+@cli.command("upgrade_solver_proto_text")
+@click.argument("source", metavar="IN")
+@click.argument("target", metavar="OUT")
+def upgrade_solver_proto_text(source, target):
+    """Upgrade a solver prototxt's legacy solver_type enum to the type string."""
+    from ristretto_cli.io.upgrade_files import upgrade_solver_file
+    upgrade_solver_file(source, target)
+
+
+@cli.command("draw_net", cls=_GflagsCommand)
+@click.argument("input_net_proto_file")
+@click.argument("output_image_file")
+@_option("rankdir", default="LR", show_default=True,
+         help="Graphviz's rank direction: LR, TB, BT or RL")
+@_option("phase", default="ALL", show_default=True, type=click.Choice(["TRAIN", "TEST", "ALL"]),
+         help="draw only the layers of this phase")
+@_option("display_lrm", is_flag=True, help="show the learning-rate multipliers")
+def draw_net_command(input_net_proto_file, output_image_file, rankdir, phase, display_lrm):
+    """Draw a net as a graph, as Caffe's python/draw_net.py (needs pydot; an image needs
+    Graphviz's dot program, a .dot or .gv file does not)."""
+    from ristretto_cli.pycaffe_draw import draw_net_file
+    click.echo(f"Drawing net to {output_image_file}")
+    draw_net_file(input_net_proto_file, output_image_file, rankdir=rankdir, phase=phase,
+                  display_lrm=display_lrm)
+
+
 def _normalise_argv(argv: list[str]) -> tuple[list[str], bool]:
     """Strip ``--debug``; turn gflags' ``-name[=value]`` into ``--name[=value]``."""
     debug = False

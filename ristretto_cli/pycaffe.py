@@ -9,7 +9,8 @@
 Also pycaffe's ``caffe.io`` (``Transformer``, ``load_image``, ...), ``caffe.proto``,
 ``Net.forward_all`` / ``forward_backward_all``, ``Classifier``, ``Detector``, the solvers
 (``get_solver``, ``SGDSolver``, ...), net specifications (``NetSpec``, ``layers``,
-``params``, ``to_proto``, ``coord_map.crop``) and Caffe 1.0's other module names
+``params``, ``to_proto``, ``coord_map.crop``), ``caffe.draw`` (needs pydot; images need
+Graphviz) and Caffe 1.0's other module names
 (``init_log``, ``log``, ``Timer``, ``__version__``, the NCCL stand-ins of a build without
 NCCL). The submodules also import by name: ``from ristretto_cli.pycaffe.proto import
 caffe_pb2`` for ``from caffe.proto import caffe_pb2``.
@@ -33,6 +34,7 @@ import numpy as np
 
 from ristretto_cli import proto
 from ristretto_cli import pycaffe_coordmap as coord_map
+from ristretto_cli import pycaffe_draw as draw
 from ristretto_cli import pycaffe_io as io
 from ristretto_cli import pycaffe_netspec as net_spec
 from ristretto_cli.blob import BlobView as PyBlob
@@ -55,8 +57,8 @@ TEST = caffe_pb2.TEST
 
 # pycaffe's submodules under their dotted names too, so that ``from caffe.proto import
 # caffe_pb2`` becomes ``from ristretto_cli.pycaffe.proto import caffe_pb2`` (and the same for
-# ``io``, ``net_spec`` and ``coord_map``), as ``os.path`` is registered.
-for _name, _module in (("io", io), ("net_spec", net_spec), ("coord_map", coord_map),
+# ``io``, ``net_spec``, ``coord_map`` and ``draw``), as ``os.path`` is registered.
+for _name, _module in (("io", io), ("net_spec", net_spec), ("coord_map", coord_map), ("draw", draw),
                        ("proto", proto), ("proto.caffe_pb2", caffe_pb2)):
     sys.modules.setdefault(f"{__name__}.{_name}", _module)
 del _name, _module
@@ -803,7 +805,7 @@ def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "NCCL",
            "Net", "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN",
-           "Timer", "coord_map", "get_solver", "has_nccl", "init_log", "io", "layer_type_list",
+           "Timer", "coord_map", "draw", "get_solver", "has_nccl", "init_log", "io", "layer_type_list",
            "layers", "log", "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu",
            "set_multiprocess", "set_random_seed", "set_solver_count", "set_solver_rank",
            "solver_count", "solver_rank", "to_proto"]

@@ -359,3 +359,35 @@ class DBWriter:
             self.close()
         else:
             self.abort()
+
+
+@contextlib.contextmanager
+def db_writers(paths, backend, commit_every: int = COMMIT_EVERY):
+    """New DBs written together (one ``DBWriter`` each): all appear when the block ends
+    normally, none when it raises. A path given twice is an error."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        real = os.path.abspath(os.fspath(path))
+        if real in seen:
+            raise RistrettoError(f"the same DB is named twice ('{seen[real]}' and '{path}')", path=path)
+        seen[real] = os.fspath(path)
+    writers: list[DBWriter] = []
+    try:
+        for path in paths:
+            writers.append(DBWriter(path, backend, commit_every))
+        yield writers
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    placed: list[str] = []
+    try:
+        for writer in writers:
+            writer.close()
+            placed.append(writer.path)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        for path in placed:     # the ones already moved into place go too: all or nothing
+            shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -46,12 +46,13 @@ def read_net_param(path, *, upgrade: bool = True):
     return read_binary_net(data, path, "binary NetParameter", upgrade=upgrade)
 
 
-def read_solver_param(path):
-    """A solver definition (text), with ``solver_type`` and snapshot-prefix upgrades."""
+def read_solver_param(path, *, upgrade: bool = True):
+    """A solver definition (text), with ``solver_type`` and snapshot-prefix upgrades unless
+    ``upgrade=False``."""
     path = os.fspath(path)
     text = _decode_text(read_bytes(path), path, "SolverParameter")
     solver = parse_text(text, caffe_pb2.SolverParameter(), path)
-    return upgrade_solver(solver, path)
+    return upgrade_solver(solver, path) if upgrade else solver
 
 
 def write_net_text(path, net) -> None:

@@ -443,9 +443,9 @@ def _boost_split_extension(filename: str) -> tuple[str, str]:
     return filename[:cut], filename[cut:]
 
 
-def upgrade_solver(solver, path):
-    """``solver_type`` -> ``type`` and the snapshot-prefix rules; modifies and returns
-    ``solver``. ``path`` is the solver file (its name decides the default prefix)."""
+def upgrade_solver_type(solver, path) -> bool:
+    """``solver_type`` (enum) -> ``type`` (string) in place; True when there was one to
+    upgrade. ``path`` (the solver file) only names it in the log."""
     where = "" if path is None else str(path)
     if solver.HasField("solver_type"):
         logger.info("Attempting to upgrade input file specified using deprecated "
@@ -461,6 +461,14 @@ def upgrade_solver(solver, path):
                     "(enum) to 'type' field (string).")
         logger.warning("Note that future Caffe releases will only support 'type' field "
                        "(string) for a solver's type.")
+        return True
+    return False
+
+
+def upgrade_solver(solver, path):
+    """``solver_type`` -> ``type`` and the snapshot-prefix rules; modifies and returns
+    ``solver``. ``path`` is the solver file (its name decides the default prefix)."""
+    upgrade_solver_type(solver, path)
     if path is not None:
         path = os.fspath(path)
         stem, extension = _boost_split_extension(os.path.basename(path))
