@@ -380,6 +380,23 @@ class Net:
         return [w for _, _, w in self._net.blob_entries]
 
     @property
+    def _blobs(self) -> list[PyBlob]:
+        """Every blob, in the order of ``_blob_names``."""
+        return [PyBlob(b) for _, b, _ in self._net.blob_entries]
+
+    def _blob_ids(self, blobs) -> list[int]:
+        order = [b for _, b, _ in self._net.blob_entries]
+        return [next(k for k, known in enumerate(order) if known is b) for b in blobs]
+
+    def _top_ids(self, i: int) -> list[int]:
+        """Layer ``i``'s tops as indices into ``_blob_names``."""
+        return self._blob_ids(self._net.top_vecs[i])
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        """Layer ``i``'s bottoms as indices into ``_blob_names``."""
+        return self._blob_ids(self._net.bottom_vecs[i])
+
+    @property
     def _inputs(self) -> list[int]:
         """The inputs as indices into ``_blob_names``."""
         return [self._blob_names.index(name) for name in self.inputs]
@@ -533,6 +550,8 @@ class Net:
             first.reset(data, labels)
         except RistrettoError as exc:           # pycaffe: std::runtime_error
             raise _RuntimeError(str(exc)) from exc
+
+    _set_input_arrays = set_input_arrays     # pycaffe's name for the unchecked call
 
     @_layer_code_passes
     def reshape(self) -> None:
@@ -796,11 +815,15 @@ AdaGradSolver = _solver_class("AdaGrad", SGDSolver)
 RMSPropSolver = _solver_class("RMSProp", SGDSolver)
 AdaDeltaSolver = _solver_class("AdaDelta", SGDSolver)
 AdamSolver = _solver_class("Adam", SGDSolver)
+_SOLVER_CLASSES = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                                     AdaDeltaSolver, AdamSolver)}
 
 
 def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
-    """The solver of the type the file names (SGD when it names none)."""
-    return Solver(solver_file, semantics=semantics)
+    """The solver of the type the file names (SGD when it names none), as an object of that
+    type's class (``SGDSolver``, ``AdamSolver``, ...), as pycaffe's."""
+    kind = read_solver_param(str(solver_file)).type
+    return _SOLVER_CLASSES.get(kind, Solver)(solver_file, semantics=semantics)
 
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "NCCL",

@@ -375,3 +375,28 @@ def test_solver_lr_is_the_policys_rate_and_follows_param_edits(tmp_path):
     for kind in (caffe.NesterovSolver, caffe.AdaGradSolver, caffe.RMSPropSolver,
                  caffe.AdaDeltaSolver, caffe.AdamSolver):
         assert issubclass(kind, caffe.SGDSolver)
+
+
+# ----------------------------------------------------------------------------- private names
+def test_blob_ids_and_blobs_in_blob_name_order():
+    """pycaffe's ``_blobs``, ``_top_ids(i)`` and ``_bottom_ids(i)``: blobs and per-layer
+    indices into ``_blob_names`` (its net.cpp top_id_vecs_ / bottom_id_vecs_)."""
+    net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
+    names = net._blob_names
+    assert [b.data.shape for b in net._blobs] == [net.blobs[n].data.shape for n in names]
+    for i, layer in enumerate(net._layer_names):
+        assert [names[k] for k in net._top_ids(i)] == net.top_names[layer]
+        assert [names[k] for k in net._bottom_ids(i)] == net.bottom_names[layer]
+    relu = net._layer_names.index("relu1")          # in place: its top is its bottom
+    assert net._top_ids(relu) == net._bottom_ids(relu) == [names.index("ip1")]
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_get_solver_returns_the_class_of_the_files_type(tmp_path, kind):
+    param = solver_param(f'type: "{kind}" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 '
+                         f'snapshot_prefix: "{tmp_path}/snap"')
+    path = tmp_path / "solver.prototxt"
+    path.write_text(format_message(param))
+    solver = caffe.get_solver(str(path))
+    assert type(solver) is getattr(caffe, f"{kind}Solver") and isinstance(solver, caffe.SGDSolver)
+    assert solver.param.type == kind
