@@ -212,6 +212,47 @@ def plot_training_log_command(chart_type, out_png, logs):
     logger.info("Wrote %s (%s)", out_png, ", ".join(f"{s['points']} points" for s in summary["series"]))
 
 
+@cli.command("parse_log")
+@click.argument("logfile_path", metavar="LOGFILE")
+@click.argument("output_dir", metavar="OUTPUT_DIR")
+@click.option("--verbose", is_flag=True, help="print the name of each file written or skipped")
+@click.option("--delimiter", default=",", show_default=True, metavar="CHAR",
+              help="column delimiter of the CSV files")
+def parse_log_command(logfile_path, output_dir, verbose, delimiter):
+    """Write a training log's train and test rows to OUTPUT_DIR/LOGFILE.train and .test (CSV),
+    as Caffe's tools/extra/parse_log.py. A table without rows is not written."""
+    from ristretto_cli.log_extracts import parse_log
+    messages = parse_log(logfile_path, output_dir, delimiter)
+    if verbose:
+        for message in messages:
+            click.echo(message)
+
+
+@cli.command("extract_seconds")
+@click.argument("input_log", metavar="INPUT_LOG")
+@click.argument("output_file", metavar="OUTPUT_FILE")
+def extract_seconds_command(input_log, output_file):
+    """Write the seconds since the 'Solving' line of every log line that mentions 'Iteration',
+    one per line, as Caffe's tools/extra/extract_seconds.py."""
+    from ristretto_cli.log_extracts import extract_seconds
+    extract_seconds(input_log, output_file)
+
+
+@cli.command("summarize")
+@click.argument("filename", metavar="NET_PROTOTXT")
+@click.option("-w", "--max-width", default=30, type=int, show_default=True, help="maximum column width")
+@click.option("--color/--no-color", default=None,
+              help="colour blob names with ANSI codes (default: when stdout is a terminal)")
+def summarize_command(filename, max_width, color):
+    """Print a net's layers as a table, as Caffe's tools/extra/summarize.py: name, type,
+    (lr/decay multipliers), bottoms -> tops, kernel/stride+pad num_output/group."""
+    from ristretto_cli.net_summary import summarize
+    if color is None:
+        color = sys.stdout.isatty()
+    for line in summarize(filename, max_width=max_width, color=color):
+        click.echo(line, color=color)
+
+
 @cli.command("convert_mnist_data", cls=_GflagsCommand)
 @click.argument("image_file")
 @click.argument("label_file")

@@ -2,10 +2,13 @@
 
 Understands glog prefixes with and without the year (``I1125 17:24:53.2`` and
 ``I20261125 17:24:53.2``), as Caffe's own ``parse_log.py`` does for the former.
+``parse_log_rows`` and ``iteration_seconds`` follow Caffe's ``parse_log.py`` and
+``extract_seconds.py`` exactly; ``parse_training_log`` is the looser reader the charts use.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -126,3 +129,145 @@ def chart_series(log: TrainingLog, chart_type: int) -> tuple[list[float], list[f
             xs.append(row[x_field])
             ys.append(row[y_field])
     return xs, ys
+
+
+# --------------------------------------------------------------------------------------------
+# Caffe's tools/extra/parse_log.py and extract_seconds.py, rule for rule: times count from the
+# "Solving" line, a year-less log takes the file's creation year (one more each time the month
+# goes back), and a row is complete once it has as many columns as the first row.
+
+_CAFFE_LEARNING_RATE = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
+# Caffe's value pattern, plus nan/inf, which Caffe's leaves out (or cannot convert)
+_CAFFE_VALUE = r"([-+]?(?:nan|inf)|[.\deE+-]+)"
+_CAFFE_TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = " + _CAFFE_VALUE)
+_CAFFE_TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = " + _CAFFE_VALUE)
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().split("\n")
+    except OSError as exc:
+        raise RistrettoError(f"cannot read: {exc.strerror}", path=path) from None
+
+
+def log_created_year(path: str) -> int:
+    """The local-time year of the file's status change time, the year Caffe gives year-less logs."""
+    return datetime.fromtimestamp(os.path.getctime(path)).year
+
+
+class LogClock:
+    """Times of glog lines read as Caffe's scripts do: year-less lines take ``year``, which
+    grows by one whenever a line's month is before the previous line's."""
+
+    def __init__(self, year: int):
+        self.year = year
+        self.last: datetime | None = None
+
+    def read(self, line: str) -> datetime | None:
+        """The time of ``line``, or None when it has no valid glog prefix."""
+        line = line.strip()
+        when = _timestamp(line, self.year)
+        if when is None:
+            return None
+        if self.last is not None and when.month < self.last.month:
+            self.year += 1
+            when = _timestamp(line, self.year)
+            if when is None:
+                return None
+        self.last = when
+        return when
+
+
+def _solving_start(lines: list[str], clock: LogClock, path: str) -> tuple[int, datetime]:
+    """Index and time of the first line that mentions ``Solving``."""
+    for index, line in enumerate(lines):
+        if "Solving" in line:
+            when = clock.read(line)
+            if when is None:
+                raise RistrettoError("the 'Solving' line has no glog time stamp", path=path,
+                                     line=index + 1)
+            return index, when
+    raise RistrettoError("no 'Solving' line: cannot find the start of training", path=path)
+
+
+def _value(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+class _RowCollector:
+    """Rows of one kind of net output (train or test), grouped by iteration as Caffe's script
+    groups them: a row whose iteration ends before it is full is kept only if it is the first."""
+
+    def __init__(self, pattern: re.Pattern):
+        self.pattern = pattern
+        self.rows: list[dict] = []
+        self.row: dict | None = None
+
+    def feed(self, line: str, iteration: float, seconds: float, learning_rate: float) -> None:
+        m = self.pattern.search(line)
+        value = _value(m.group(3)) if m else None
+        if value is not None:
+            if self.row is None or self.row["NumIters"] != iteration:
+                if self.row is not None:
+                    self.rows.append(self.row)
+                self.row = {"NumIters": iteration, "Seconds": seconds, "LearningRate": learning_rate}
+            self.row[m.group(2)] = value
+        if self.row is not None and self.rows and len(self.row) == len(self.rows[0]):
+            self.rows.append(self.row)
+            self.row = None
+
+    def finished(self) -> list[dict]:
+        """The complete rows; the first takes the second's learning rate (the rate is only
+        logged after the first display)."""
+        if len(self.rows) > 1:
+            self.rows[0]["LearningRate"] = self.rows[1]["LearningRate"]
+        return self.rows
+
+
+def parse_log_rows(path: str) -> tuple[list[dict], list[dict]]:
+    """(train rows, test rows) as Caffe's ``parse_log.py`` builds them: ``NumIters`` (a float),
+    ``Seconds`` since the ``Solving`` line, ``LearningRate`` last logged, then each output."""
+    lines = _read_lines(path)
+    clock = LogClock(log_created_year(path))
+    start_index, start = _solving_start(lines, clock, path)
+    iteration = -1.0
+    learning_rate = float("nan")
+    train = _RowCollector(_CAFFE_TRAIN_OUTPUT)
+    test = _RowCollector(_CAFFE_TEST_OUTPUT)
+    for line in lines[start_index + 1:]:
+        m = _ITERATION.search(line)
+        if m:
+            iteration = float(m.group(1))
+        if iteration == -1:
+            continue
+        when = clock.read(line)
+        if when is None:
+            continue
+        seconds = (when - start).total_seconds()
+        m = _CAFFE_LEARNING_RATE.search(line)
+        if m and _value(m.group(1)) is not None:
+            learning_rate = float(m.group(1))
+        train.feed(line, iteration, seconds, learning_rate)
+        test.feed(line, iteration, seconds, learning_rate)
+    return train.finished(), test.finished()
+
+
+def iteration_seconds(path: str) -> list[float]:
+    """Caffe's ``extract_seconds.py``: for every line that mentions ``Iteration`` (anywhere in
+    the log), the seconds since the ``Solving`` line."""
+    lines = _read_lines(path)
+    clock = LogClock(log_created_year(path))
+    _, start = _solving_start(lines, clock, path)
+    seconds = []
+    for number, line in enumerate(lines, 1):
+        if "Iteration" in line:
+            when = clock.read(line)
+            if when is None:
+                raise RistrettoError("this 'Iteration' line has no glog time stamp", path=path,
+                                     line=number)
+            seconds.append((when - start).total_seconds())
+    return seconds
