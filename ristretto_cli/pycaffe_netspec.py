@@ -94,8 +94,8 @@ class _Function:
         self.fields = fields
         for i, bottom in enumerate(self.inputs):
             if not isinstance(bottom, Top):
-                raise TypeError(f"{type_name}: bottom {i} is {type(bottom).__name__}, not a layer's "
-                                f"top (fields go as keywords)")
+                # pycaffe's exact text: its own tests match it
+                raise TypeError(f"{type_name} input {i} is not a Top (type is {type(bottom)})")
         self.tops = tuple(Top(self, i) for i in range(self.ntop))
 
     @property

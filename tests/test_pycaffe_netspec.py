@@ -111,8 +111,13 @@ def test_params_and_bad_calls():
     assert P.Data.LMDB == caffe_pb2.DataParameter.LMDB
     with pytest.raises(AttributeError, match="NoSuchParameter"):
         assert P.NoSuch is None
-    with pytest.raises(TypeError, match="Convolution: bottom 0"):
+    with pytest.raises(TypeError, match=r"^Convolution input 0 is not a Top \(type is <class 'str'>\)$"):
         L.Convolution("data", num_output=1)
+    # pycaffe's test_net_spec.py: a layer's several tops go one by one
+    data = L.DummyData(ntop=2)
+    with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
+        L.Silence(data, ntop=0)
+    L.Silence(*data, ntop=0)
 
 
 # ----------------------------------------------------------------------------- coord_map
