@@ -252,12 +252,17 @@ def test_net_callbacks_run_in_the_solvers_passes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- solver callbacks
-def _tiny_solver(tmp_path, iter_size=1):
-    param = solver_param(f'type: "SGD" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 iter_size: {iter_size} '
-                         f'snapshot_after_train: false snapshot_prefix: "{tmp_path}/snap"')
+def _solver_file(tmp_path, text: str) -> str:
+    """A solver file over the tiny net of solver_support, snapshots into ``tmp_path``."""
+    param = solver_param(f'{text} snapshot_after_train: false snapshot_prefix: "{tmp_path}/snap"')
     path = tmp_path / "solver.prototxt"
     path.write_text(format_message(param))
-    solver = caffe.SGDSolver(str(path))
+    return str(path)
+
+
+def _tiny_solver(tmp_path, iter_size=1):
+    solver = caffe.SGDSolver(_solver_file(
+        tmp_path, f'type: "SGD" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 iter_size: {iter_size}'))
     solver.net.blobs["x"].data[...] = X
     solver.net.blobs["t"].data[...] = T
     solver.net.params["ip"][0].data[...] = W0
@@ -355,11 +360,8 @@ def test_solver_lr_is_the_policys_rate_and_follows_param_edits(tmp_path):
     (sgd_solver.cpp), and ``solver.param`` is the solver's own parameter: setting
     ``base_lr`` there changes the next updates. The other update rules are subclasses of
     SGDSolver (_caffe.cpp)."""
-    param = solver_param('type: "SGD" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 '
-                         f'max_iter: 10 snapshot_after_train: false snapshot_prefix: "{tmp_path}/snap"')
-    path = tmp_path / "solver.prototxt"
-    path.write_text(format_message(param))
-    solver = caffe.SGDSolver(str(path))
+    solver = caffe.SGDSolver(_solver_file(
+        tmp_path, 'type: "SGD" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 max_iter: 10'))
     solver.net.blobs["x"].data[...] = X
     solver.net.blobs["t"].data[...] = T
     assert isinstance(solver.lr, float) and solver.lr == pytest.approx(0.05)
@@ -393,10 +395,6 @@ def test_blob_ids_and_blobs_in_blob_name_order():
 
 @pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
 def test_get_solver_returns_the_class_of_the_files_type(tmp_path, kind):
-    param = solver_param(f'type: "{kind}" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 '
-                         f'snapshot_prefix: "{tmp_path}/snap"')
-    path = tmp_path / "solver.prototxt"
-    path.write_text(format_message(param))
-    solver = caffe.get_solver(str(path))
+    solver = caffe.get_solver(_solver_file(tmp_path, f'type: "{kind}" base_lr: 0.1 lr_policy: "fixed" max_iter: 1'))
     assert type(solver) is getattr(caffe, f"{kind}Solver") and isinstance(solver, caffe.SGDSolver)
     assert solver.param.type == kind
