@@ -49,13 +49,17 @@ def _timestamp(line: str, year: int) -> datetime | None:
         return None
 
 
-def parse_training_log(path: str) -> TrainingLog:
-    """Parse the log at ``path``; a file with no iteration lines is an error."""
+def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+            return f.read()
     except OSError as exc:
         raise RistrettoError(f"cannot read: {exc.strerror}", path=path) from None
+
+
+def parse_training_log(path: str) -> TrainingLog:
+    """Parse the log at ``path``; a file with no iteration lines is an error."""
+    lines = _read_text(path).splitlines()
     log = TrainingLog(path)
     start = None
     year = 2000  # logs without a year: any leap year keeps Feb 29 valid
@@ -144,11 +148,8 @@ _CAFFE_TEST_OUTPUT = re.compile(r"Test net output #(\d+): (\S+) = " + _CAFFE_VAL
 
 
 def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read().split("\n")
-    except OSError as exc:
-        raise RistrettoError(f"cannot read: {exc.strerror}", path=path) from None
+    """The lines as Caffe's scripts iterate them (split at newlines only)."""
+    return _read_text(path).split("\n")
 
 
 def log_created_year(path: str) -> int:
@@ -249,8 +250,9 @@ def parse_log_rows(path: str) -> tuple[list[dict], list[dict]]:
             continue
         seconds = (when - start).total_seconds()
         m = _CAFFE_LEARNING_RATE.search(line)
-        if m and _value(m.group(1)) is not None:
-            learning_rate = float(m.group(1))
+        rate = _value(m.group(1)) if m else None
+        if rate is not None:
+            learning_rate = rate
         train.feed(line, iteration, seconds, learning_rate)
         test.feed(line, iteration, seconds, learning_rate)
     return train.finished(), test.finished()
