@@ -63,10 +63,12 @@ WGRAD_PARTS_BYTES = 1 << 23
 #: Items whose column buffer exceeds this many elements (about 4 MB) are convolved in
 #: blocks of output rows of about ROW_BLOCK_ELEMENTS (SqueezeNet's first layer forward 0.89-0.98x
 #: the time with blocks of 2 MB rather than 4; CaffeNet's unchanged), and of at least
-#: BLOCK_MIN_COLUMNS positions (fewer make the GEMM slow).
+#: BLOCK_MIN_COLUMNS positions: the chunks' floor (MIN_GEMM_COLUMNS), since products over
+#: fewer columns lose more than the cache saves. CaffeNet's ``conv2`` (27 x 27 positions,
+#: depth 1 200 per group) in two blocks of 378 columns took 1.14x the time of whole items.
 BLOCK_COL_ELEMENTS = 1 << 20
 ROW_BLOCK_ELEMENTS = 1 << 19
-BLOCK_MIN_COLUMNS = 512
+BLOCK_MIN_COLUMNS = MIN_GEMM_COLUMNS
 #: OpenBLAS runs products of at most this many multiply-adds on its small-matrix kernels,
 #: which do not pack their operands. A product with few rows and a short depth over many
 #: columns spends more on packing than on multiplying, so it goes in panels of that size
