@@ -25,11 +25,11 @@ from ristretto_cli.layers.registry import register
 from ristretto_cli.log import logger
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
+def rng_state(rng: np.random.Generator) -> dict:
     return rng.bit_generator.state
 
 
-def _rng_from_state(state: dict) -> np.random.Generator:
+def rng_from_state(state: dict) -> np.random.Generator:
     bit_gen = getattr(np.random, state["bit_generator"])()
     bit_gen.state = state
     return np.random.Generator(bit_gen)
@@ -50,20 +50,20 @@ class _DataLayerBase(Layer):
 
     def forward_cpu(self, bottom, top):
         data, labels = self._feed.next(self.rng)
-        _fill(top[0], data)
+        fill_top(top[0], data)
         if len(top) > 1:
-            _fill(top[1], labels)
+            fill_top(top[1], labels)
 
     def backward_cpu(self, top, propagate_down, bottom):
         pass
 
     def state_dict(self) -> dict | None:
-        return {"reader": self._feed.state(), "rng": _rng_state(self.rng)}
+        return {"reader": self._feed.state(), "rng": rng_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
         self._feed.load_state(state["reader"])
         if "rng" in state:
-            self.rng = _rng_from_state(state["rng"])
+            self.rng = rng_from_state(state["rng"])
 
     def _cache_key(self, source, batch_size: int, extra=()) -> tuple | None:
         ident = source.identity()
@@ -86,7 +86,7 @@ class _DataLayerBase(Layer):
                                self.name, sub.DESCRIPTOR.name.replace("Parameter", "_param").lower(), f)
 
 
-def _fill(blob: Blob, values: np.ndarray) -> None:
+def fill_top(blob: Blob, values: np.ndarray) -> None:
     """Copy into the top's own array (other blobs may alias it), reshaping when needed."""
     if blob.data.shape != values.shape or not blob.data.flags.writeable:
         blob.data = np.array(values, np.float32)
@@ -314,7 +314,7 @@ class HDF5DataLayer(Layer):
             if self._row == n:
                 self._advance_file()
         for t, part in zip(top, parts):
-            _fill(t, np.concatenate(part) if len(part) > 1 else part[0])
+            fill_top(t, np.concatenate(part) if len(part) > 1 else part[0])
 
     def backward_cpu(self, top, propagate_down, bottom):
         pass
@@ -429,8 +429,8 @@ class MemoryDataLayer(Layer):
             raise self.error(f"the data ({self._n} rows) is not a multiple of the batch size ({b}); "
                              "reset the data after set_batch_size")
         # Caffe shapes the label top (batch, 1, 1, 1) on forward.
-        _fill(top[0], self._data[self._pos:self._pos + b])
-        _fill(top[1], self._labels[self._pos:self._pos + b].reshape(b, 1, 1, 1))
+        fill_top(top[0], self._data[self._pos:self._pos + b])
+        fill_top(top[1], self._labels[self._pos:self._pos + b].reshape(b, 1, 1, 1))
         self._pos = (self._pos + b) % self._n
         if self._pos == 0:
             self.has_new_data = False

@@ -13,6 +13,7 @@ import numpy as np
 
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.layers.base import Layer
+from ristretto_cli.layers.neuron import sigmoid_in_double
 from ristretto_cli.layers.registry import register
 from ristretto_cli.layers.softmax import exact_exp, exact_log, softmax, split_axis
 from ristretto_cli.proto import caffe_pb2
@@ -310,8 +311,7 @@ class SigmoidCrossEntropyLossLayer(NormalizedLossLayer):
         dtype = bottom[0].data.dtype.type
         x = bottom[0].data.reshape(-1)
         t = bottom[1].data.reshape(-1).astype(x.dtype, copy=False)
-        # Caffe's Sigmoid layer: 0.5 tanh(0.5 x) + 0.5, evaluated in double
-        self._sigmoid = (0.5 * np.tanh(0.5 * x.astype(np.float64)) + 0.5).astype(x.dtype)
+        self._sigmoid = sigmoid_in_double(x, np.empty_like(x))    # Caffe's Sigmoid layer's values
         pos = (x >= 0).astype(x.dtype)
         log_term = exact_log(dtype(1) + exact_exp(x - dtype(2) * x * pos))
         terms = x * (t - pos) - log_term

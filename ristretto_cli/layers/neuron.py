@@ -28,7 +28,7 @@ from ristretto_cli.layers.im2col import filled, scratch
 from ristretto_cli.layers.registry import register
 
 
-def _in_double(func, src: np.ndarray, out: np.ndarray) -> np.ndarray:
+def in_double(func, src: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = func(src)`` evaluated in double and rounded once to ``out``'s dtype.
 
     Overflow to inf and NaN for arguments outside the domain are the IEEE results that Caffe
@@ -288,7 +288,7 @@ class ELULayer(NeuronLayer):
         x, y = bottom[0].data, top[0].data
         alpha = x.dtype.type(self.param.elu_param.alpha)
         t = np.minimum(x, 0)
-        _in_double(np.exp, t, t)
+        in_double(np.exp, t, t)
         t -= 1
         t *= alpha
         np.maximum(x, 0, out=y)
@@ -310,7 +310,7 @@ class ELULayer(NeuronLayer):
 
 
 # --------------------------------------------------------------------------- squashing
-def _sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+def sigmoid_in_double(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Caffe's sigmoid: 0.5 * tanh(0.5 * x) + 0.5 evaluated in double, stored in out's dtype."""
     t = np.multiply(x, 0.5, dtype=np.float64)
     np.tanh(t, out=t)
@@ -325,7 +325,7 @@ class SigmoidLayer(NeuronLayer):
     """y = 1 / (1 + exp(-x)), as 0.5 * tanh(0.5 * x) + 0.5 in double."""
 
     def forward_cpu(self, bottom, top):
-        _sigmoid(bottom[0].data, top[0].data)
+        sigmoid_in_double(bottom[0].data, top[0].data)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -343,7 +343,7 @@ class TanHLayer(NeuronLayer):
     """y = tanh(x)."""
 
     def forward_cpu(self, bottom, top):
-        _in_double(np.tanh, bottom[0].data, top[0].data)
+        in_double(np.tanh, bottom[0].data, top[0].data)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -387,7 +387,7 @@ class BNLLLayer(NeuronLayer):
         # m + log(1. + exp(-|x|)) with m = max(x, 0), exp rounded to the dtype, the rest double.
         e = np.abs(x)
         np.negative(e, out=e)
-        _in_double(np.exp, e, e)
+        in_double(np.exp, e, e)
         t = np.add(e, 1.0, dtype=np.float64)
         np.log(t, out=t)
         np.maximum(x, 0, out=e)
@@ -401,7 +401,7 @@ class BNLLLayer(NeuronLayer):
         dx = self.bottom_grad(top, bottom)
         work = self.scratch(dx, top, bottom)
         e = np.minimum(x, x.dtype.type(self.THRESHOLD), out=work)
-        _in_double(np.exp, e, e)
+        in_double(np.exp, e, e)
         # Caffe: dy * e / (e + 1.): the product in the dtype, the division in double.
         den = np.add(e, 1.0, dtype=np.float64)
         np.multiply(dy, e, out=e)
@@ -512,10 +512,10 @@ class ExpLayer(NeuronLayer):
         x, y = bottom[0].data, top[0].data
         inner, outer = self._scales(x.dtype.type)
         if inner == 1:
-            _in_double(np.exp, x, y)
+            in_double(np.exp, x, y)
         else:
             np.multiply(x, inner, out=y)
-            _in_double(np.exp, y, y)
+            in_double(np.exp, y, y)
         if outer != 1:
             with np.errstate(over="ignore", invalid="ignore"):
                 y *= outer
@@ -559,7 +559,7 @@ class LogLayer(NeuronLayer):
             np.copyto(y, x)
         if shift != 0:
             y += shift
-        _in_double(np.log, y, y)
+        in_double(np.log, y, y)
         if base_scale != 1:
             y *= base_scale
 
@@ -673,7 +673,7 @@ class SwishLayer(NeuronLayer):
     def forward_cpu(self, bottom, top):
         x, y = bottom[0].data, top[0].data
         sig = np.multiply(x, x.dtype.type(self.param.swish_param.beta))
-        self._sig = _sigmoid(sig, sig)  # kept for the backward
+        self._sig = sigmoid_in_double(sig, sig)  # kept for the backward
         np.multiply(x, sig, out=y)
 
     def backward_cpu(self, top, propagate_down, bottom):

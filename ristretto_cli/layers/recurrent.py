@@ -33,7 +33,7 @@ import numpy as np
 from ristretto_cli import parallel
 from ristretto_cli.blob import canonical_axis, count, shape_str
 from ristretto_cli.layers.base import Layer
-from ristretto_cli.layers.neuron import _in_double, _sigmoid
+from ristretto_cli.layers.neuron import in_double, sigmoid_in_double
 from ristretto_cli.layers.registry import register
 from ristretto_cli.log import logger
 
@@ -47,8 +47,8 @@ def lstm_activations(gates: np.ndarray, cont: np.ndarray, acts: np.ndarray) -> N
     LSTMUnit computes them in double); the forget gate is multiplied by ``cont`` (...),
     and is exactly 0 where ``cont`` is 0."""
     h = gates.shape[-1] // 4
-    _sigmoid(gates[..., :3 * h], acts[..., :3 * h])
-    _in_double(np.tanh, gates[..., 3 * h:], acts[..., 3 * h:])
+    sigmoid_in_double(gates[..., :3 * h], acts[..., :3 * h])
+    in_double(np.tanh, gates[..., 3 * h:], acts[..., 3 * h:])
     forget = acts[..., h:2 * h]
     forget *= cont[..., None]
     restart = cont == 0
@@ -62,7 +62,7 @@ def lstm_cell(c_prev, acts, c, tanh_c, h) -> None:
     i, f, o, g = (acts[..., k * n:(k + 1) * n] for k in range(4))
     np.multiply(f, c_prev, out=c)
     c += i * g
-    _in_double(np.tanh, c, tanh_c)
+    in_double(np.tanh, c, tanh_c)
     np.multiply(o, tanh_c, out=h)
 
 
@@ -126,7 +126,7 @@ class LSTMUnitLayer(Layer):
         acts = np.empty_like(gates)
         lstm_activations(gates, cont, acts)
         tanh_c = np.empty_like(top[0].data)
-        _in_double(np.tanh, top[0].data, tanh_c)
+        in_double(np.tanh, top[0].data, tanh_c)
         dgates = np.empty_like(gates)
         dc_prev = lstm_cell_backward(bottom[0].data, acts, tanh_c, top[0].diff, top[1].diff, dgates)
         if propagate_down[0]:
@@ -353,13 +353,13 @@ class RNNLayer(RecurrentLayer):
         self._h_conted = h_conted = np.empty_like(pre)
         (h_prev,) = states
         for t in range(steps):
-            _in_double(np.tanh, recurrent_sum(h_prev, cont[t], w_hh, pre[t], static, h_conted[t]), h[t])
+            in_double(np.tanh, recurrent_sum(h_prev, cont[t], w_hh, pre[t], static, h_conted[t]), h[t])
             h_prev = h[t]
         # The output transform of every step as one GEMM, then its tanh.
         y = out.reshape(steps * streams, hidden)
         parallel.matmul(h.reshape(steps * streams, hidden), w_ho.T, y)
         y += b_o
-        _in_double(np.tanh, y, y)
+        in_double(np.tanh, y, y)
         return [h[steps - 1]]
 
     def recur_backward(self, top, cont):

@@ -27,7 +27,7 @@ from ristretto_cli.data.transformer import DataTransformer
 from ristretto_cli.data.window_file import WindowFile, read_window_file
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.layers.base import Layer
-from ristretto_cli.layers.data import _fill, _rng_from_state, _rng_state
+from ristretto_cli.layers.data import fill_top, rng_from_state, rng_state
 from ristretto_cli.layers.registry import register
 from ristretto_cli.log import logger
 
@@ -280,8 +280,8 @@ class WindowDataLayer(Layer):
             np.subtract(pixels, self.mean, out=pixels, where=written)
         if self.scale != 1:
             np.multiply(pixels, self.scale, out=pixels, where=written)
-        _fill(top[0], data)
-        _fill(top[1], self.labels[picks])
+        fill_top(top[0], data)
+        fill_top(top[1], self.labels[picks])
 
     def _check_placement(self, picks, image_hw, roi, size) -> None:
         """Caffe (OpenCV) aborts on a region outside its image or warped to no pixels."""
@@ -306,11 +306,11 @@ class WindowDataLayer(Layer):
                              layer=self.name)
 
     def state_dict(self) -> dict | None:
-        return {"rng": _rng_state(self.rng)}
+        return {"rng": rng_state(self.rng)}
 
     def load_state_dict(self, state: dict) -> None:
         if "rng" in state:
-            self.rng = _rng_from_state(state["rng"])
+            self.rng = rng_from_state(state["rng"])
 
 
 def _resize(region: np.ndarray, width: int, height: int) -> np.ndarray:
