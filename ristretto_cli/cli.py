@@ -253,6 +253,23 @@ def summarize_command(filename, max_width, color):
         click.echo(line, color=color)
 
 
+@cli.command("resize_and_crop_images")
+@_option("input", default="", metavar="LISTFILE",
+         help="list of images, one per line: a path relative to --input_folder first (required)")
+@_option("input_folder", default="", metavar="DIR", help="folder the listed paths are relative to")
+@_option("output_folder", default="", metavar="DIR", help="folder the images are written to, at the same "
+         "relative paths")
+@_option("output_side_length", default=256, type=int, show_default=True, help="side of the output squares")
+@_option("image_lib", default="opencv", metavar="LIB", show_default=True,
+         help="opencv, or pil (needs Pillow: always JPEG, never enlarges)")
+def resize_and_crop_images_command(input, input_folder, output_folder, output_side_length, image_lib):
+    """Scale every listed image so its short side is --output_side_length and keep the centre
+    square, as Caffe's tools/extra/resize_and_crop_images.py. An image that cannot be read or
+    written is skipped with a warning."""
+    from ristretto_cli.data.resize_crop import resize_and_crop_images
+    resize_and_crop_images(input, input_folder, output_folder, output_side_length, image_lib)
+
+
 @cli.command("convert_mnist_data", cls=_GflagsCommand)
 @click.argument("image_file")
 @click.argument("label_file")
