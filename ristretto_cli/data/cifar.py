@@ -19,6 +19,7 @@ import numpy as np
 from ristretto_cli import log as logmod
 from ristretto_cli.data.db import DBWriter, backend_name, db_writers
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.log import logger
 from ristretto_cli.proto import caffe_pb2
 
@@ -36,12 +37,7 @@ def read_cifar_batch(path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels as int8 (N,), images as uint8 (N, 3072)) of one CIFAR binary batch file.
     ``what`` names the file in errors ("train file #1", "test file")."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
-        raise RistrettoError(f"Unable to open {what}: {reason}", path=path) from None
+    data = read_bytes(path, f"Unable to open {what}")
     if not data:
         raise RistrettoError(f"the {what} is empty (no CIFAR records)", path=path)
     if len(data) % RECORD_BYTES:

@@ -38,6 +38,7 @@ import os
 
 from ristretto_cli import log as logmod
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.log import logger
 
 OPENCV = "opencv"
@@ -111,13 +112,7 @@ def pil_output_size(width: int, height: int, side: int) -> tuple[int, int]:
 def list_entries(list_file: str, input_folder: str = "") -> list[tuple[int, str]]:
     """(line number, relative path) of each non-blank line of the list: the first token
     after every occurrence of ``input_folder`` is removed from the line."""
-    list_file = os.fspath(list_file)
-    try:
-        with open(list_file, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        reason = "No such file or directory" if not os.path.exists(list_file) else (exc.strerror or str(exc))
-        raise RistrettoError(f"cannot read the image list: {reason}", path=list_file) from None
+    raw = read_bytes(list_file, "cannot read the image list")
     entries = []
     for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").splitlines(), 1):
         if input_folder:

@@ -10,7 +10,6 @@ numbers whether or not it prefetches.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from ristretto_cli.data.db import DBCursor, backend_name
 from ristretto_cli.data.prefetch import Prefetcher
 from ristretto_cli.data.transformer import DataTransformer
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.log import logger
 
 RESTART_MESSAGE = "Restarting data prefetching from start."
@@ -151,12 +151,7 @@ def read_image_list(path: str, *, keep_blank: bool = False) -> list[tuple[str, i
     lines skipped, or with ``keep_blank`` kept as None so that entries keep Caffe's getline line
     numbers (convert_imageset's keys).
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
-        raise RistrettoError(f"cannot read the image list: {reason}", path=path) from None
+    raw = read_bytes(path, "cannot read the image list")
     lines: list[tuple[str, int] | None] = []
     text = raw.decode("utf-8", "surrogateescape").split("\n")
     if text[-1] == "":          # getline gives no line after the last newline

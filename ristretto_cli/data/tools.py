@@ -27,6 +27,7 @@ from ristretto_cli.data.datum import (
 )
 from ristretto_cli.data.db import DBWriter, backend_name, db_entries, iterate_db
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.log import fmt_g, logger
 from ristretto_cli.proto import caffe_pb2
 
@@ -37,12 +38,7 @@ LABEL_MAGIC = 2049
 # ---------------------------------------------------------------------- MNIST
 def _read_idx(path: str) -> bytes:
     """The bytes of an IDX file, gunzipped when it is gzip-compressed (by content)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
-        raise RistrettoError(f"unable to open file: {reason}", path=path) from None
+    data = read_bytes(path, "unable to open file")
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)

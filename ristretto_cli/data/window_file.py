@@ -10,13 +10,13 @@ malformed or missing token is an error naming the file and line.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.log import logger
 
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -94,12 +94,7 @@ class _Tokens:
 
 def read_window_file(path: str) -> WindowFile:
     """Parse a window file; errors name the file and line."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
-        raise RistrettoError(f"failed to open the window file: {reason}", path=path) from None
+    text = read_bytes(path, "failed to open the window file").decode("utf-8", "surrogateescape")
     tokens = _Tokens(path, text)
     if tokens.at_end():
         raise RistrettoError("the window file is empty", path=path)

@@ -21,8 +21,9 @@ HDF5_SNAPSHOT_HINT = "; use the HDF5 format (snapshot_format: HDF5)"
 _BINARY_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13))
 
 
-def read_bytes(path) -> bytes:
-    """The whole file; RistrettoError "No such file or directory" etc. naming the path."""
+def read_bytes(path, what: str = "cannot read") -> bytes:
+    """The whole file; else RistrettoError ``"<what>: No such file or directory"`` (or the
+    system's reason) naming the path."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -34,7 +35,7 @@ def read_bytes(path) -> bytes:
             reason = "is a directory, not a file"
         else:
             reason = exc.strerror or str(exc)
-        raise RistrettoError(f"cannot read: {reason}", path=path) from None
+        raise RistrettoError(f"{what}: {reason}", path=path) from None
 
 
 def is_hdf5(data: bytes) -> bool:

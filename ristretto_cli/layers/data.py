@@ -20,6 +20,7 @@ from ristretto_cli.data.datum import NATIVE, datum_to_chw, image_to_chw
 from ristretto_cli.data.sources import BatchFeed, DatumSource, ImageListSource
 from ristretto_cli.data.transformer import DataTransformer
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.registry import register
 from ristretto_cli.log import logger
@@ -205,12 +206,10 @@ class HDF5DataLayer(Layer):
         _require_h5py(p.source)
         logger.info("Loading list of HDF5 filenames from: %s", p.source)
         try:
-            with open(p.source, encoding="utf-8", errors="surrogateescape") as f:
-                files = f.read().split()
-        except OSError as exc:
-            reason = "No such file or directory" if not os.path.exists(p.source) else exc.strerror
-            raise RistrettoError(f"failed to open the HDF5 file list: {reason}", path=p.source,
-                                 layer=self.name) from None
+            files = read_bytes(p.source, "failed to open the HDF5 file list").decode(
+                "utf-8", "surrogateescape").split()
+        except RistrettoError as exc:
+            raise exc.located(layer=self.name) from None
         if not files:
             raise RistrettoError("the HDF5 file list names no files", path=p.source, layer=self.name)
         logger.info("Number of HDF5 files: %d", len(files))

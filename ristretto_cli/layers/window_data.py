@@ -18,14 +18,13 @@ repeats its batches and ``state_dict`` resumes them; they are not Caffe's mt1993
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ristretto_cli.data.datum import COLOR, decode_image, read_image
 from ristretto_cli.data.transformer import DataTransformer
 from ristretto_cli.data.window_file import WindowFile, read_window_file
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 from ristretto_cli.layers.base import Layer
 from ristretto_cli.layers.data import fill_top, rng_from_state, rng_state
 from ristretto_cli.layers.registry import register
@@ -222,13 +221,10 @@ class WindowDataLayer(Layer):
                               layer=self.name)
 
     def _read_bytes(self, index: int) -> bytes:
-        path = self.image_paths[index]
         try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            reason = "No such file or directory" if not os.path.exists(path) else (exc.strerror or str(exc))
-            raise self._image_error(index, f"could not load image: {reason}") from None
+            return read_bytes(self.image_paths[index], "could not load image")
+        except RistrettoError as exc:
+            raise self._image_error(index, exc.message) from None
 
     def _image(self, index: int) -> np.ndarray:
         """Image ``index`` as OpenCV reads it in color (H x W x 3, BGR)."""
