@@ -427,8 +427,11 @@ def _spread(dy: np.ndarray, geo: PoolGeometry, out: np.ndarray,
         acc = scratch("pool_phases", (geo.stride[0], geo.stride[1], b1 - b0, hq, wq), dy.dtype)
         acc.fill(0)
         accf = acc.reshape(geo.stride[0], geo.stride[1], -1)
-        for _, a, b, shift in geo.flat_offsets(reverse=True):
-            accf[a, b, shift:hi + shift] += gf[:hi]
+        # Empty CEIL windows divide by zero or less (see ave_divisor); their infinities
+        # meet as Caffe's do, silently (and per thread: NumPy's error state is the thread's).
+        with np.errstate(invalid="ignore", over="ignore"):
+            for _, a, b, shift in geo.flat_offsets(reverse=True):
+                accf[a, b, shift:hi + shift] += gf[:hi]
         geo.drain_phases(acc, o3[b0:b1])
         if x3 is not None:
             gate_gradient(x3[b0:b1], o3[b0:b1], o3[b0:b1])
