@@ -1,0 +1,148 @@
+"""The net's own shortcuts against plain layer-by-layer execution, over random topologies.
+
+A Net runs some work out of Caffe's layer order, each time for the same values: an in-place
+ReLU applied by the layer before it while its top is in cache (``_fused_relus``), a ReLU's
+gradient applied by the one layer that reads its blob (``_gated_relus``), and a Concat whose
+bottoms are written straight into its top (``alias_bottoms``). Each is tested on fixed nets
+in test_net.py and test_net_relu_gate.py. Here seeded random nets mix them: convolutions,
+ReLUs (in place or not, plain or leaky), pooling, Concat, Eltwise, in-place BatchNorm and
+Dropout, blobs read by several layers (Caffe's Splits), and a loss. Every blob's values
+and gradients and every parameter gradient, after two training iterations, must equal bit
+for bit those of the same net with the three shortcuts off, on one thread and, in small
+chunks, on two.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from ristretto_cli import parallel
+from ristretto_cli.layers import convolution, neuron, pooling
+from ristretto_cli.net import TRAIN, Net
+from ristretto_cli.proto import caffe_pb2
+
+FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def random_net(seed: int) -> str:
+    """A random TRAIN net as prototxt. In-place layers only take a blob that no layer has
+    read since it was written: otherwise Caffe's Split would make the in-place top a second
+    producer of the blob, which Caffe rejects."""
+    rnd = random.Random(seed)
+    channels, size, batch = rnd.choice([2, 4, 8]), rnd.choice([6, 8, 12]), rnd.choice([1, 2, 3])
+    lines = ['name: "random" layer { name: "data" type: "Input" top: "data" top: "label" '
+             f'input_param {{ shape {{ dim: {batch} dim: {channels} dim: {size} dim: {size} }} '
+             f'shape {{ dim: {batch} }} }} }}']
+    blobs = [("data", channels, size)]      # name, channels, spatial size
+    read: set[str] = set()                  # blobs read since they were last written
+    for k in range(1, rnd.randint(3, 10)):
+        name, kind = f"l{k}", rnd.choice(["conv", "conv", "relu", "relu", "pool", "concat",
+                                          "eltwise", "batchnorm", "dropout"])
+        # A ReLU mostly right after the layer that wrote its blob, as in real nets
+        src, c, s = blobs[-1] if kind == "relu" and rnd.random() < 0.6 else rnd.choice(blobs[-3:])
+        if kind == "conv":
+            o, ks = rnd.choice([2, 4, 6]), rnd.choice([1, 3])
+            group = rnd.choice([1, 2]) if c % 2 == 0 and o % 2 == 0 else 1
+            lines.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{src}" top: "{name}" '
+                         f'convolution_param {{ num_output: {o} kernel_size: {ks} pad: {ks // 2} '
+                         f'group: {group} {FILLERS} }} }}')
+            blobs.append((name, o, s))
+            read.add(src)
+        elif kind == "relu":
+            in_place = src not in read and rnd.random() < 0.8
+            top = src if in_place else name
+            slope = rnd.choice([0, 0, 0, 0.1])
+            lines.append(f'layer {{ name: "{name}" type: "ReLU" bottom: "{src}" top: "{top}" '
+                         f'relu_param {{ negative_slope: {slope} }} }}')
+            if not in_place:
+                blobs.append((name, c, s))
+                read.add(src)
+        elif kind == "pool":
+            ks, stride = rnd.choice([2, 3]), rnd.choice([1, 2])
+            if s < ks:
+                continue
+            pool = rnd.choice(["MAX", "MAX", "AVE"])
+            lines.append(f'layer {{ name: "{name}" type: "Pooling" bottom: "{src}" top: "{name}" '
+                         f'pooling_param {{ pool: {pool} kernel_size: {ks} stride: {stride} }} }}')
+            blobs.append((name, c, math.ceil((s - ks) / stride) + 1))
+            read.add(src)
+        elif kind in ("concat", "eltwise"):
+            others = [b for b in blobs if b[2] == s and b[0] != src and (kind == "concat" or b[1] == c)]
+            if not others:
+                continue
+            other = rnd.choice(others)
+            if kind == "concat":
+                lines.append(f'layer {{ name: "{name}" type: "Concat" bottom: "{src}" '
+                             f'bottom: "{other[0]}" top: "{name}" }}')
+                blobs.append((name, c + other[1], s))
+            else:
+                op = rnd.choice(["SUM", "PROD", "MAX"])
+                lines.append(f'layer {{ name: "{name}" type: "Eltwise" bottom: "{src}" '
+                             f'bottom: "{other[0]}" top: "{name}" eltwise_param {{ operation: {op} }} }}')
+                blobs.append((name, c, s))
+            read.update([src, other[0]])
+        elif src not in read:               # in-place BatchNorm or Dropout
+            layer_type = "BatchNorm" if kind == "batchnorm" else "Dropout"
+            lines.append(f'layer {{ name: "{name}" type: "{layer_type}" bottom: "{src}" top: "{src}" }}')
+    lines.append(f'layer {{ name: "score" type: "InnerProduct" bottom: "{blobs[-1][0]}" top: "score" '
+                 f'inner_product_param {{ num_output: 3 {FILLERS} }} }}')
+    lines.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }')
+    return "\n".join(lines)
+
+
+def _train(text: str, seed: int, shortcuts: bool) -> dict[str, np.ndarray]:
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TRAIN, seed=seed)
+    if not shortcuts:
+        net._fused_relus, net._gated_relus = set(), {}
+        for layer in net.layers:
+            layer.alias_bottoms = ()
+    rng = np.random.default_rng(seed)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 3, net.blobs["label"].shape)
+    for iteration in range(2):
+        net.reseed(seed, 0, iteration)
+        net.clear_param_diffs()
+        net.forward_backward()
+    state = {}
+    for name, blob in net.blobs.items():
+        state[f"{name} data"], state[f"{name} diff"] = blob.data.copy(), blob.diff.copy()
+    for layer_name, layer in zip(net.layer_names, net.layers):
+        for j, blob in enumerate(layer.blobs):
+            state[f"{layer_name} param {j} diff"] = blob.diff.copy()
+    return state
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("first", range(0, 200, 25), ids=lambda s: f"seeds {s}-{s + 24}")
+def test_shortcuts_give_the_values_of_plain_execution(first, threads, monkeypatch):
+    monkeypatch.setattr(parallel, "_threads", threads)
+    if threads > 1:     # several chunks and blocks, shared among the threads
+        monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
+        monkeypatch.setattr(pooling, "ROUTE_BLOCK_BYTES", 1)
+        monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
+        monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
+        monkeypatch.setattr(neuron, "BLOCK_ELEMENTS", 64)
+        monkeypatch.setattr(neuron, "PARALLEL_MIN_ELEMENTS", 1)
+    for seed in range(first, first + 25):
+        text = random_net(seed)
+        fast, plain = _train(text, seed, True), _train(text, seed, False)
+        assert fast.keys() == plain.keys()
+        for key in fast:
+            np.testing.assert_array_equal(fast[key].view(np.uint32), plain[key].view(np.uint32),
+                                          err_msg=f"seed {seed}: {key}\n{text}")
+
+
+def test_the_random_nets_use_every_shortcut():
+    """The draws above are only worth their time if they reach the shortcuts."""
+    fused = gated = aliased = 0
+    for seed in range(200):
+        net = Net(text_format.Parse(random_net(seed), caffe_pb2.NetParameter()), TRAIN, seed=seed)
+        fused += bool(net._fused_relus)
+        gated += bool(net._gated_relus)
+        aliased += any(any(getattr(layer, "alias_bottoms", ())) for layer in net.layers)
+    assert fused >= 20 and gated >= 20 and aliased >= 5, (fused, gated, aliased)
