@@ -40,6 +40,20 @@ def test_data(relpath: str) -> Path:
 test_data.__test__ = False  # not a test function
 
 
+def small_work_units(monkeypatch, threads: int) -> None:
+    """``threads`` engine threads, and convolution chunks, pooling blocks and element-wise
+    blocks as small as they go: many units per layer, shared among the threads."""
+    from ristretto_cli import parallel
+    from ristretto_cli.layers import convolution, neuron, pooling
+    monkeypatch.setattr(parallel, "_threads", threads)
+    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
+    monkeypatch.setattr(pooling, "ROUTE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(neuron, "BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(neuron, "PARALLEL_MIN_ELEMENTS", 1)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

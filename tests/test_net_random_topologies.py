@@ -19,10 +19,10 @@ import random
 
 import numpy as np
 import pytest
+from conftest import small_work_units
 from google.protobuf import text_format
 
 from ristretto_cli import parallel
-from ristretto_cli.layers import convolution, neuron, pooling
 from ristretto_cli.net import TRAIN, Net
 from ristretto_cli.proto import caffe_pb2
 
@@ -120,14 +120,10 @@ def _train(text: str, seed: int, shortcuts: bool) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("first", range(0, 200, 25), ids=lambda s: f"seeds {s}-{s + 24}")
 def test_shortcuts_give_the_values_of_plain_execution(first, threads, monkeypatch):
-    monkeypatch.setattr(parallel, "_threads", threads)
-    if threads > 1:     # several chunks and blocks, shared among the threads
-        monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
-        monkeypatch.setattr(pooling, "ROUTE_BLOCK_BYTES", 1)
-        monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
-        monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
-        monkeypatch.setattr(neuron, "BLOCK_ELEMENTS", 64)
-        monkeypatch.setattr(neuron, "PARALLEL_MIN_ELEMENTS", 1)
+    if threads > 1:
+        small_work_units(monkeypatch, threads)
+    else:
+        monkeypatch.setattr(parallel, "_threads", 1)
     for seed in range(first, first + 25):
         text = random_net(seed)
         fast, plain = _train(text, seed, True), _train(text, seed, False)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import small_work_units
 from google.protobuf import text_format
 
-from ristretto_cli import parallel
-from ristretto_cli.layers import convolution, neuron, pooling
 from ristretto_cli.net import TRAIN, Net
 from ristretto_cli.proto import caffe_pb2
 
@@ -102,14 +101,7 @@ def _inputs(net: Net, seed: int = 2) -> tuple[np.ndarray, dict[str, np.ndarray]]
 @pytest.mark.parametrize("reader", sorted(READERS))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_relu_gated_by_the_layer_that_reads_it_gives_the_same_gradients(reader, threads, monkeypatch):
-    monkeypatch.setattr(parallel, "_threads", threads)
-    # Small chunks and blocks: several of them, shared among the threads
-    monkeypatch.setattr(convolution, "CACHE_COL_ELEMENTS", 1)
-    monkeypatch.setattr(pooling, "ROUTE_BLOCK_BYTES", 1)
-    monkeypatch.setattr(pooling, "PHASE_BLOCK_BYTES", 1)
-    monkeypatch.setattr(pooling, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(neuron, "BLOCK_ELEMENTS", 64)
-    monkeypatch.setattr(neuron, "PARALLEL_MIN_ELEMENTS", 1)
+    small_work_units(monkeypatch, threads)
     gated, alone = _pair(HEAD + READERS[reader])
     relu = gated.layer_names.index("relu")
     assert any(r == relu for pairs in gated._gated_relus.values() for _, r in pairs)
