@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from data_support import capture_log, net_param
 from layer_check import TEST, TRAIN, check_gradient, layer_param, setup
+from test_conv_random_geometries import draw_geometry
 
 from ristretto_cli.errors import RistrettoError
 from ristretto_cli.layers import ristretto as R
@@ -149,6 +150,41 @@ def test_forward_is_trim_inputs_base_with_trimmed_weights_trim_outputs(kind, pre
     layer.forward(bb, tb)
     for i in range(n):
         assert_bits_equal(tb[i].data, want[i], f"top {i}, second forward")
+
+
+def _geometry_block(g: dict) -> str:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
+    return (f'convolution_param {{ num_output: {g["o"]} group: {g["group"]} kernel_h: {kh} '
+            f'kernel_w: {kw} stride_h: {sh} stride_w: {sw} pad_h: {ph} pad_w: {pw} dilation: {dh} '
+            f'dilation: {dw} bias_term: {"true" if g["bias"] else "false"} }}')
+
+
+RANDOM_DRAWS = ([(s, "small") for s in range(700, 712)] + [(s, "large") for s in range(720, 726)]
+                + [(s, "typical") for s in range(740, 752)])
+RANDOM_CASES = [pytest.param(seed, kind, list(QP)[i % len(QP)], id=f"{kind}-{seed}-{list(QP)[i % len(QP)]}")
+                for i, (seed, kind) in enumerate(RANDOM_DRAWS)]
+
+
+@pytest.mark.parametrize("seed, kind, precision", RANDOM_CASES)
+@pytest.mark.parametrize("base", ["Convolution", "Deconvolution"])
+def test_random_geometries_trim_around_the_plain_layer_bit_for_bit(base, seed, kind, precision):
+    """Quantized convolutions trim each batch chunk's input and output while it is in the
+    cache, in chunks of their own size; over random geometries (see
+    test_conv_random_geometries) the tops must still equal, bit for bit, the plain layer's on
+    trimmed inputs and weights, then trimmed."""
+    g = draw_geometry(seed, kind, deconvolution=base == "Deconvolution")
+    rtype = base + "Ristretto"
+    x = sample((g["n"], g["c"]) + g["size"], seed=seed)
+    layer, bb, tb = setup(f'type: "{rtype}" {_geometry_block(g)} {QP[precision]}', [x])
+    params = random_params(layer, seed=seed)
+    layer.forward(bb, tb)
+    fin, fw, fb, fout = formats(precision, "ristretto")
+    plain, pb, pt = setup(f'type: "{base}" {_geometry_block(g)}', [apply(fin, x)])
+    plain.blobs[0].data[...] = apply(fw, params[0])
+    if len(params) > 1:
+        plain.blobs[1].data[...] = apply(fb, params[1])
+    plain.forward(pb, pt)
+    assert_bits_equal(tb[0].data, apply(fout, pt[0].data), f"{base} {g}")
 
 
 def test_stochastic_rounding_in_test_phase_draws_inputs_weights_bias_outputs_in_order():
