@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import cv2
 import numpy as np
@@ -665,6 +666,31 @@ def test_inner_product_axes_and_gradients(axis, shape, top, transpose):
     np.testing.assert_allclose(tops[0].data.reshape(-1, 5), x.reshape(-1, k) @ w.T + layer.blobs[1].data,
                                rtol=1e-12)
     check_gradient(spec, [x])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_inner_product_random_shapes_have_the_bits_of_one_single_threaded_product(seed, monkeypatch):
+    """Small batches run in row panels, on the engine's threads; whatever the shape, the
+    top must be the bits of one BLAS product on one thread, plus the bias, as Caffe's GEMM
+    then bias GEMM (a multi-threaded BLAS may split the sums otherwise)."""
+    from threadpoolctl import threadpool_limits
+    r = random.Random(seed)
+    n, k = r.choice([1, 2, 3, 5, 8, 10, 16, 32, 64]), r.choice([7, 64, 500, 800, 1024, 2000, 4096])
+    o, transpose, bias = r.choice([3, 10, 64, 500, 1000, 2048]), r.random() < 0.3, r.random() < 0.7
+    monkeypatch.setattr(parallel, "_threads", r.choice([1, 2, 3]))
+    spec = (f'type: "InnerProduct" inner_product_param {{ num_output: {o} transpose: '
+            f'{str(transpose).lower()} bias_term: {str(bias).lower()} }}')
+    values = rng(seed)
+    layer, bottoms, tops = setup(spec, [values.standard_normal((n, k)).astype(np.float32)])
+    for blob in layer.blobs:
+        blob.data[...] = values.standard_normal(blob.shape)
+    layer.forward(bottoms, tops)
+    w = layer.blobs[0].data
+    with threadpool_limits(1):
+        want = bottoms[0].data @ (w if transpose else w.T)
+    if bias:
+        want += layer.blobs[1].data
+    np.testing.assert_array_equal(tops[0].data.view(np.uint32), want.view(np.uint32))
 
 
 def test_inner_product_input_size_is_fixed_at_setup():
