@@ -9,7 +9,9 @@ ReLUs (in place or not, plain or leaky), pooling, Concat, Eltwise, in-place Batc
 Dropout, blobs read by several layers (Caffe's Splits), and a loss. Every blob's values
 and gradients and every parameter gradient, after two training iterations, must equal bit
 for bit those of the same net with the three shortcuts off, on one thread and, in small
-chunks, on two.
+chunks, on two. And a net reshaped between passes (other batch sizes and image sizes) must
+give the bits of a net built at each shape: work arrays, cached paddings and chunk plans
+follow the shape.
 """
 
 from __future__ import annotations
@@ -142,3 +144,50 @@ def test_the_random_nets_use_every_shortcut():
         gated += bool(net._gated_relus)
         aliased += any(any(getattr(layer, "alias_bottoms", ())) for layer in net.layers)
     assert fused >= 20 and gated >= 20 and aliased >= 5, (fused, gated, aliased)
+
+
+def _with_global_pooling_head(text: str) -> str:
+    """The random net with a global average pooling before its scores, so that it takes any
+    spatial size (the inner product's input size is fixed at set-up, as in Caffe)."""
+    head = 'layer { name: "score" type: "InnerProduct" bottom: "'
+    start = text.index(head) + len(head)
+    last = text[start:text.index('"', start)]
+    pooling = (f'layer {{ name: "gap" type: "Pooling" bottom: "{last}" top: "gap" '
+               'pooling_param { pool: AVE global_pooling: true } }\n')
+    return text.replace(head + last + '"', pooling + head + 'gap"')
+
+
+@pytest.mark.parametrize("first", range(0, 60, 20), ids=lambda s: f"seeds {s}-{s + 19}")
+def test_a_net_reshaped_between_passes_gives_the_bits_of_a_net_built_at_each_shape(first):
+    """Work arrays, cached paddings and layouts, and chunk plans follow the input's shape."""
+    for seed in range(first, first + 20):
+        param = text_format.Parse(_with_global_pooling_head(random_net(seed)), caffe_pb2.NetParameter())
+        n, c, _, s = param.layer[0].input_param.shape[0].dim
+        moving = Net(param, TRAIN, seed=seed)
+        for step, (batch, size) in enumerate([(n, s), (n + 2, s + 3), (max(1, n - 1), s + 1),
+                                              (n + 5, s + 7), (n, s)]):
+            fixed = caffe_pb2.NetParameter()
+            fixed.CopyFrom(param)
+            fixed.layer[0].input_param.shape[0].dim[:] = [batch, c, size, size]
+            fixed.layer[0].input_param.shape[1].dim[:] = [batch]
+            built = Net(fixed, TRAIN, seed=seed)
+            for a, b in zip(moving.layers, built.layers):
+                for pa, pb in zip(a.blobs, b.blobs):
+                    pb.data[...] = pa.data
+            rng = np.random.default_rng(seed * 10 + step)
+            x, labels = rng.standard_normal((batch, c, size, size)), rng.integers(0, 3, batch)
+            states = []
+            for net in (moving, built):
+                net.blobs["data"].reshape((batch, c, size, size))
+                net.blobs["label"].reshape((batch,))
+                net.reshape()
+                net.blobs["data"].data[...], net.blobs["label"].data[...] = x, labels
+                net.reseed(seed, 0, step)
+                net.clear_param_diffs()
+                net.forward_backward()
+                states.append({name: (b.data.copy(), b.diff.copy()) for name, b in net.blobs.items()})
+            for name, (data, diff) in states[0].items():
+                np.testing.assert_array_equal(data.view(np.uint32), states[1][name][0].view(np.uint32),
+                                              err_msg=f"seed {seed}, shape {step}: {name}")
+                np.testing.assert_array_equal(diff.view(np.uint32), states[1][name][1].view(np.uint32),
+                                              err_msg=f"seed {seed}, shape {step}: {name} diff")
