@@ -13,6 +13,20 @@ import numpy as np
 from ristretto_cli.errors import RistrettoError
 
 DTYPE = np.float32
+#: Caffe's largest blob (its count is a C int).
+MAX_COUNT = 2**31 - 1
+
+
+def check_shape(shape: tuple[int, ...]) -> None:
+    """Caffe's checks on a blob shape: no negative axis, at most INT_MAX values."""
+    if any(s < 0 for s in shape):
+        raise RistrettoError(f"negative dimension in blob shape {shape}")
+    size = 1
+    for s in shape:
+        size *= s
+    if size > MAX_COUNT:
+        raise RistrettoError(f"blob size exceeds INT_MAX: shape {shape} holds {size} values, "
+                             f"Caffe's limit is {MAX_COUNT}")
 
 
 class Blob:
@@ -20,7 +34,11 @@ class Blob:
 
     def __init__(self, shape=(), name: str = "", data: np.ndarray | None = None):
         self.name = name
-        self.data = np.zeros(tuple(shape), DTYPE) if data is None else data
+        if data is None:
+            shape = tuple(int(s) for s in shape)
+            check_shape(shape)
+            data = np.zeros(shape, DTYPE)
+        self.data = data
         self._diff: np.ndarray | None = None
 
     # The gradient is allocated on first use: a net that only runs forward never pays for it.
@@ -55,8 +73,7 @@ class Blob:
         """Give the blob a new shape; contents become undefined (zeros) if it changes."""
         shape = tuple(int(s) for s in shape)
         if self.data.shape != shape:
-            if any(s < 0 for s in shape):
-                raise RistrettoError(f"negative dimension in blob shape {shape}")
+            check_shape(shape)
             self.data = np.zeros(shape, self.data.dtype)
             self._diff = None
 

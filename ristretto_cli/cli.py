@@ -412,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"ristretto: error: {exc}", err=True)
         return 1
+    except MemoryError as exc:      # outside a layer (those name themselves)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"ristretto: error: out of memory: {exc}", err=True)
+        return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

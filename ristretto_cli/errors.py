@@ -45,6 +45,11 @@ class RistrettoError(Exception):
         return self
 
 
+class OutOfMemoryError(RistrettoError, MemoryError):
+    """Not enough memory for an array a layer needs (an input or num_output far too large):
+    one line naming the layer, and still a MemoryError for code that catches one."""
+
+
 class LayerCodeError(RistrettoError):
     """An exception raised by a Python layer's own code, as one line naming the layer;
     ``original`` is that exception (pycaffe lets it through unchanged)."""

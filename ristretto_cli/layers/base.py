@@ -16,13 +16,14 @@ tests), so layer code never hard-codes float32 for computed values.
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import numpy as np
 
 from ristretto_cli import parallel
 from ristretto_cli.blob import Blob
-from ristretto_cli.errors import RistrettoError
+from ristretto_cli.errors import OutOfMemoryError, RistrettoError
 from ristretto_cli.proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -104,11 +105,21 @@ class Layer:
             del self.param.blobs[:]
 
     # ----------------------------------------------------------------- life cycle
-    def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+    @contextlib.contextmanager
+    def _located(self):
+        """Errors raised inside name this layer (a cause, such as a Python layer's own
+        error, is kept). Running out of memory is one of them: an input or num_output far
+        too large is a bad file like any other, and gets one line, not a traceback."""
         try:
-            self._setup(bottom, top)
+            yield
         except RistrettoError as exc:
-            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
+            raise exc.located(layer=self.name) from exc.__cause__
+        except MemoryError as exc:
+            raise OutOfMemoryError(f"out of memory: {exc}", layer=self.name) from exc
+
+    def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        with self._located():
+            self._setup(bottom, top)
 
     def _setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.check_blob_counts(bottom, top)
@@ -130,12 +141,10 @@ class Layer:
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> np.float32:
         """Reshape, compute, and return this layer's weighted loss (float32, as Caffe sums it)."""
-        try:
+        with self._located():
             self.reshape(bottom, top)
             with parallel.blas_single_threaded():
                 self.forward_cpu(bottom, top)
-        except RistrettoError as exc:
-            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
         loss = np.float32(0)
         for t, w in zip(top, self.loss_weights):
             if w != 0:
@@ -150,11 +159,8 @@ class Layer:
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         if not self.has_backward:
             raise self.error(f"{self.type} layer has no backward pass, but the net needs one")
-        try:
-            with parallel.blas_single_threaded():
-                self.backward_cpu(top, propagate_down, bottom)
-        except RistrettoError as exc:
-            raise exc.located(layer=self.name) from exc.__cause__  # keeps a cause (a Python layer's error)
+        with self._located(), parallel.blas_single_threaded():
+            self.backward_cpu(top, propagate_down, bottom)
 
     def backward_cpu(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         raise self.error(f"{self.type} layer has no backward pass, but the net needs one")
