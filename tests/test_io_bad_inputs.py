@@ -50,6 +50,8 @@ CASES = [
      "not a valid binary NetParameter: truncated or corrupt protobuf data"),
     ("random_bytes.caffemodel", BINARY, None,
      "not a valid binary NetParameter: truncated or corrupt protobuf data"),
+    ("non_utf8_name.caffemodel", BINARY, None, "not a valid binary NetParameter: corrupt protobuf "
+     "data (layer[0].name is not UTF-8 text)"),
     ("text_as_binary.caffemodel", BINARY, None, "not a valid binary NetParameter: truncated or "
      "corrupt protobuf data (it looks like a text file)"),
     ("double_count_mismatch.caffemodel", BINARY, None, "layer 'ip1': not a valid binary NetParameter: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from ristretto_cli.errors import RistrettoError
@@ -92,7 +93,34 @@ def parse_binary(data: bytes, message, path, what: str):
         hint = " (it looks like a text file)" if looks_like_text(data) else ""
         raise RistrettoError(f"not a valid {what}: truncated or corrupt protobuf data{hint}",
                              path=path) from None
+    bad = first_undecodable_text(message)
+    if bad is not None:
+        raise RistrettoError(f"not a valid {what}: corrupt protobuf data ({bad} is not UTF-8 text)",
+                             path=path)
     return message
+
+
+def first_undecodable_text(message, prefix: str = "") -> str | None:
+    """The path (``layer[3].bottom[0]``) of the first string field whose bytes are not
+    UTF-8, else None. Protobuf parses such a field and gives its raw bytes when it is read;
+    a damaged file would otherwise fail wherever those are first used as text."""
+    for field in message.DESCRIPTOR.fields:
+        name = prefix + field.name
+        repeated = field.is_repeated
+        if not (len(getattr(message, field.name)) if repeated else message.HasField(field.name)):
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
+            for i, value in enumerate(values):
+                bad = first_undecodable_text(value, f"{name}[{i}]." if repeated else f"{name}.")
+                if bad is not None:
+                    return bad
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
+            for i, value in enumerate(values):
+                if not isinstance(value, str):      # the raw bytes, where they are not UTF-8
+                    return f"{name}[{i}]" if repeated else name
+    return None
 
 
 def serialize_binary(message, path, what: str, wire: bytes | None = None, hint: str = "") -> bytes:
