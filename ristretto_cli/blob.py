@@ -21,9 +21,7 @@ def check_shape(shape: tuple[int, ...]) -> None:
     """Caffe's checks on a blob shape: no negative axis, at most INT_MAX values."""
     if any(s < 0 for s in shape):
         raise RistrettoError(f"negative dimension in blob shape {shape}")
-    size = 1
-    for s in shape:
-        size *= s
+    size = count(shape)
     if size > MAX_COUNT:
         raise RistrettoError(f"blob size exceeds INT_MAX: shape {shape} holds {size} values, "
                              f"Caffe's limit is {MAX_COUNT}")

@@ -407,15 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     log.configure()
     try:
         status = cli.main(args=args, prog_name="ristretto", standalone_mode=False)
-    except RistrettoError as exc:
+    except (RistrettoError, MemoryError) as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"ristretto: error: {exc}", err=True)
-        return 1
-    except MemoryError as exc:      # outside a layer (those name themselves)
-        if debug:
-            traceback.print_exc()
-        click.echo(f"ristretto: error: out of memory: {exc}", err=True)
+        # A MemoryError outside a layer (those name themselves: OutOfMemoryError)
+        what = exc if isinstance(exc, RistrettoError) else f"out of memory: {exc}"
+        click.echo(f"ristretto: error: {what}", err=True)
         return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ristretto_cli.errors import RistrettoError
+from ristretto_cli.io.files import read_bytes
 
 _PREFIX = re.compile(r"^[IWEF](\d{4}|\d{8}) (\d{2}):(\d{2}):(\d{2})\.(\d+)")
 _ITERATION = re.compile(r"Iteration (\d+)")
@@ -50,11 +51,10 @@ def _timestamp(line: str, year: int) -> datetime | None:
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError as exc:
-        raise RistrettoError(f"cannot read: {exc.strerror}", path=path) from None
+    """The log as Python's text mode reads it (Caffe's scripts do): UTF-8 with bad bytes
+    replaced, and every \\r\\n or \\r turned into \\n (universal newlines)."""
+    text = read_bytes(path).decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def parse_training_log(path: str) -> TrainingLog:

@@ -732,10 +732,12 @@ class Solver:
     #: The update rule this class stands for (None: the solver file's ``type``).
     solver_type: str | None = None
 
-    @_layer_code_passes
     def __init__(self, solver_file, *, semantics: str = "ristretto"):
+        self._start(read_solver_param(str(solver_file)), semantics)
+
+    @_layer_code_passes
+    def _start(self, param: caffe_pb2.SolverParameter, semantics: str) -> None:
         from ristretto_cli.solver import Solver as _EngineSolver
-        param = read_solver_param(str(solver_file))
         if self.solver_type is not None:
             param.type = self.solver_type
         self._solver = _EngineSolver(param, semantics=semantics, show_progress=False)
@@ -822,8 +824,10 @@ _SOLVER_CLASSES = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, A
 def get_solver(solver_file, *, semantics: str = "ristretto") -> Solver:
     """The solver of the type the file names (SGD when it names none), as an object of that
     type's class (``SGDSolver``, ``AdamSolver``, ...), as pycaffe's."""
-    kind = read_solver_param(str(solver_file)).type
-    return _SOLVER_CLASSES.get(kind, Solver)(solver_file, semantics=semantics)
+    param = read_solver_param(str(solver_file))        # read once: its type picks the class
+    solver = object.__new__(_SOLVER_CLASSES.get(param.type, Solver))
+    solver._start(param, semantics)
+    return solver
 
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Classifier", "Detector", "Layer", "NCCL",

@@ -107,19 +107,19 @@ def first_undecodable_text(message, prefix: str = "") -> str | None:
     for field in message.DESCRIPTOR.fields:
         name = prefix + field.name
         repeated = field.is_repeated
+        if field.type not in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING):
+            continue
         if not (len(getattr(message, field.name)) if repeated else message.HasField(field.name)):
             continue
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
-            for i, value in enumerate(values):
-                bad = first_undecodable_text(value, f"{name}[{i}]." if repeated else f"{name}.")
+        values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
+        for i, value in enumerate(values):
+            where = f"{name}[{i}]" if repeated else name
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                bad = first_undecodable_text(value, where + ".")
                 if bad is not None:
                     return bad
-        elif field.type == FieldDescriptor.TYPE_STRING:
-            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
-            for i, value in enumerate(values):
-                if not isinstance(value, str):      # the raw bytes, where they are not UTF-8
-                    return f"{name}[{i}]" if repeated else name
+            elif not isinstance(value, str):        # the raw bytes, where they are not UTF-8
+                return where
     return None
 
 

@@ -205,11 +205,8 @@ class HDF5DataLayer(Layer):
             raise self.error("hdf5_data_param.batch_size must be positive")
         _require_h5py(p.source)
         logger.info("Loading list of HDF5 filenames from: %s", p.source)
-        try:
-            files = read_bytes(p.source, "failed to open the HDF5 file list").decode(
-                "utf-8", "surrogateescape").split()
-        except RistrettoError as exc:
-            raise exc.located(layer=self.name) from None
+        files = read_bytes(p.source, "failed to open the HDF5 file list").decode(
+            "utf-8", "surrogateescape").split()
         if not files:
             raise RistrettoError("the HDF5 file list names no files", path=p.source, layer=self.name)
         logger.info("Number of HDF5 files: %d", len(files))
