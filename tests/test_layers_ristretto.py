@@ -6,6 +6,7 @@ trim the inputs, run the plain base layer with the trimmed weights, trim the out
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import zlib
@@ -161,8 +162,8 @@ def _geometry_block(g: dict) -> str:
 
 RANDOM_DRAWS = ([(s, "small") for s in range(700, 712)] + [(s, "large") for s in range(720, 726)]
                 + [(s, "typical") for s in range(740, 752)])
-RANDOM_CASES = [pytest.param(seed, kind, list(QP)[i % len(QP)], id=f"{kind}-{seed}-{list(QP)[i % len(QP)]}")
-                for i, (seed, kind) in enumerate(RANDOM_DRAWS)]
+RANDOM_CASES = [pytest.param(seed, kind, precision, id=f"{kind}-{seed}-{precision}")
+                for (seed, kind), precision in zip(RANDOM_DRAWS, itertools.cycle(QP))]
 
 
 @pytest.mark.parametrize("seed, kind, precision", RANDOM_CASES)
